@@ -1,0 +1,589 @@
+"""Builds the ASGI application.
+
+Request path, outermost first (all pure ASGI, no per-request Starlette middleware objects)::
+
+    Gateway    request id, access log line, HTTP metrics, CORS, body limit (Content-Length),
+               Host/Origin validation (for /mcp), draining during shutdown
+    /mcp  ->   AuthGate (JWT, 401/403) -> RateLimitGate (Redis, 429) -> the SDK's session manager
+    else  ->   Starlette: /health, /metrics, RFC 9728 metadata, the user's custom routes
+
+The MCP server is the reference toolset or the user's ``server.app``; either way we drive its
+low-level ``Server`` with our own session manager (instance-owned session ids), and add a
+context-tier middleware that times tool calls for metrics and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from mcp.server.lowlevel.server import Server
+from mcp.server.mcpserver import MCPServer
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp_types import CallToolResult
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import __version__, metrics
+from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
+from .config import Settings
+from .health import HealthChecker
+from .logging import request_id_var, session_id_var, tool_name_var, user_id_var
+from .notes import SCHEMA_VERSION, NotesStore
+from .ratelimit import RateLimiter
+from .sessions import InstanceSessionManager
+from .tools import StoreRef, build_reference_server
+
+logger = logging.getLogger("mcpops.server")
+access_logger = logging.getLogger("mcpops.access")
+
+MCP_PATH = "/mcp"
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
+)
+
+
+class AppLoadError(Exception):
+    pass
+
+
+def load_user_app(spec: str) -> MCPServer | Server[Any]:
+    """Import ``package.module:attribute`` and return the MCP server object it names."""
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise AppLoadError(f"cannot import {mod_name}: {exc.__class__.__name__}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(f"{mod_name} has no attribute {attr}") from None
+    if not isinstance(obj, MCPServer | Server):
+        raise AppLoadError(f"{spec} is a {type(obj).__name__}, not an MCPServer")
+    return obj
+
+
+def redis_client(settings: Settings) -> Redis:
+    r = settings.redis
+    pool = BlockingConnectionPool.from_url(
+        r.url,
+        max_connections=r.max_connections,
+        timeout=r.socket_timeout,
+        username=r.username,
+        password=r.password,
+        socket_timeout=r.socket_timeout,
+        socket_connect_timeout=min(r.socket_timeout, 2.0),
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
+
+
+# ------------------------------------------------------------------------------- client address
+
+
+class ClientAddress:
+    def __init__(self, trusted: tuple[str, ...]):
+        self.nets = [ipaddress.ip_network(n) for n in trusted]
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.nets)
+
+    def __call__(self, scope: dict[str, Any]) -> str:
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        if not self.nets or not self._trusted(peer):
+            return peer
+        xff = None
+        for k, v in scope["headers"]:
+            if k == b"x-forwarded-for":
+                xff = v.decode("latin-1") if xff is None else xff + "," + v.decode("latin-1")
+        if not xff:
+            return peer
+        # Walk from the right: the first address not belonging to a trusted proxy is the client.
+        hops = [h.strip() for h in xff.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+
+# ------------------------------------------------------------------------------- rate limit gate
+
+
+class RateLimitGate:
+    def __init__(self, app: Any, limiter: RateLimiter, client_address: ClientAddress):
+        self.app = app
+        self.limiter = limiter
+        self.client_address = client_address
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        state = scope.setdefault("state", {})
+        principal = state.get("principal") or "ip:" + state.get("client_ip", self.client_address(scope))
+        decision = await self.limiter.hit(principal)
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        metrics.ratelimit_rejected_total.inc()
+        state["rate_limited"] = True
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32000,
+                    "message": f"Rate limit exceeded; retry after {decision.retry_after} s",
+                },
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(decision.retry_after).encode()),
+                    (b"ratelimit-limit", str(decision.limit).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+# ------------------------------------------------------------------------------- tool observer
+
+
+class ToolObserver:
+    """Context-tier MCP middleware: request context for logs, tool metrics and a line per call."""
+
+    def __init__(self, server: MCPServer | Server[Any]):
+        self.server = server
+        self.tool_log = logging.getLogger("mcpops.tools")
+
+    def _known(self, name: Any) -> str:
+        if not isinstance(name, str):
+            return "invalid"
+        tm = getattr(self.server, "_tool_manager", None)
+        if tm is None:  # a low-level Server: names are not known in advance; bound the label
+            return name[:64]
+        return name if tm.get_tool(name) is not None else "unknown"
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        req = ctx.request
+        scope_state = getattr(req, "scope", {}).get("state", {}) if req is not None else {}
+        tokens = [
+            (request_id_var, request_id_var.set(scope_state.get("request_id"))),
+            (user_id_var, user_id_var.set(scope_state.get("user_id"))),
+            (session_id_var, session_id_var.set(scope_state.get("session_id"))),
+        ]
+        try:
+            if ctx.method != "tools/call" or ctx.request_id is None:
+                return await call_next(ctx)
+            raw_name = (ctx.params or {}).get("name")
+            label = self._known(raw_name)
+            tokens.append((tool_name_var, tool_name_var.set(label)))
+            if isinstance(scope_state, dict):
+                scope_state["tool_name"] = label
+            t0 = time.perf_counter()
+            result = "error"
+            try:
+                out = await call_next(ctx)
+                is_error = (
+                    out.isError
+                    if isinstance(out, CallToolResult)
+                    else bool(out.get("isError"))
+                    if isinstance(out, dict)
+                    else False
+                )
+                result = "error" if is_error else "success"
+                return out
+            finally:
+                dt = time.perf_counter() - t0
+                metrics.tool_calls_total.labels(
+                    endpoint=metrics.ENDPOINT, tool_name=label, result=result
+                ).inc()
+                metrics.tool_duration_seconds.labels(endpoint=metrics.ENDPOINT, tool_name=label).observe(dt)
+                self.tool_log.info(
+                    "tool call",
+                    extra={"duration_ms": round(dt * 1000, 2), "result": result, "event": "tool_call"},
+                )
+        finally:
+            for var, tok in reversed(tokens):
+                var.reset(tok)
+
+
+# ------------------------------------------------------------------------------- gateway
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _valid_request_id(v: str | None) -> bool:
+    return v is not None and 0 < len(v) <= 128 and all(33 <= ord(c) <= 126 for c in v)
+
+
+async def _plain(send: Any, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gateway:
+    def __init__(self, settings: Settings, mcp_chain: Any, other: Any, client_address: ClientAddress):
+        self.s = settings
+        self.mcp = mcp_chain
+        self.other = other
+        self.client_address = client_address
+        self.max_body = settings.server.max_body_bytes
+        self.draining = False
+        hosts = set()
+        self.any_port_hosts = set(_LOOPBACK_HOSTS)
+        for h in settings.server.public_hosts:
+            if h.endswith("]") or ":" not in h:
+                self.any_port_hosts.add(h)
+            else:
+                hosts.add(h)
+        self.exact_hosts = hosts
+        origins = set(settings.cors.allowed_origins)
+        for h in settings.server.public_hosts:
+            origins.add(f"https://{h}")
+            origins.add(f"http://{h}")
+        self.mcp_origins = {o.rstrip("/").lower() for o in origins}
+        self.cors_origins = {o.rstrip("/").lower() for o in settings.cors.allowed_origins}
+        self.cors_methods = ", ".join(settings.cors.allowed_methods).encode()
+        self.cors_expose = ", ".join(settings.cors.expose_headers).encode()
+        self.cors_max_age = str(settings.cors.max_age).encode()
+        self.metrics_path = settings.metrics.path if settings.metrics.enabled else None
+        self.routes = {MCP_PATH, "/health", "/.well-known/oauth-protected-resource"}
+        if self.metrics_path:
+            self.routes.add(self.metrics_path)
+
+    def _host_ok(self, host: str | None) -> bool:
+        if not host:
+            return False
+        host = host.lower()
+        if host in self.exact_hosts or host in self.any_port_hosts:
+            return True
+        name, sep, port = host.rpartition(":")
+        return bool(sep) and port.isdigit() and name in self.any_port_hosts
+
+    def _route_label(self, path: str) -> str:
+        if path in self.routes:
+            return path
+        if path.startswith("/.well-known/"):
+            return "/.well-known"
+        return "other"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.other(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope["path"]
+        method = scope["method"]
+        rid = _header(scope, b"x-request-id")
+        if not _valid_request_id(rid):
+            rid = uuid.uuid4().hex
+        client_ip = self.client_address(scope)
+        sid = _header(scope, b"mcp-session-id")
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_ip"] = client_ip
+        state["session_id"] = sid
+        rid_token = request_id_var.set(rid)
+        sid_token = session_id_var.set(sid)
+        uid_token = user_id_var.set(None)
+        origin = _header(scope, b"origin")
+        cors_ok = origin is not None and origin.rstrip("/").lower() in self.cors_origins
+        status_box = [0, 0]  # status, bytes
+        rid_b = rid.encode()
+
+        async def send_wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", rid_b))
+                if cors_ok:
+                    headers.append((b"access-control-allow-origin", origin.encode()))  # type: ignore[union-attr]
+                    headers.append((b"access-control-expose-headers", self.cors_expose))
+                    headers.append((b"vary", b"Origin"))
+                for k, v in headers:
+                    if k.lower() == b"mcp-session-id":
+                        state["session_id"] = v.decode("latin-1")
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                status_box[1] += len(message.get("body", b""))
+            await send(message)
+
+        is_mcp = path == MCP_PATH
+        if is_mcp:
+            metrics.active_connections.labels(endpoint=metrics.ENDPOINT).inc()
+        try:
+            await self._dispatch(scope, receive, send_wrapped, path, method, origin, cors_ok, is_mcp)
+        finally:
+            if is_mcp:
+                metrics.active_connections.labels(endpoint=metrics.ENDPOINT).dec()
+            dt = time.perf_counter() - t0
+            status = status_box[0] or 500
+            label = self._route_label(path)
+            metrics.http_requests_total.labels(path=label, method=method, status=str(status)).inc()
+            metrics.http_request_duration_seconds.labels(path=label, method=method).observe(dt)
+            if not (path == "/health" and status == 200) and not (
+                path == self.metrics_path and status == 200
+            ):
+                access_logger.info(
+                    "%s %s %d",
+                    method,
+                    path,
+                    status,
+                    extra={
+                        "event": "access",
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(dt * 1000, 2),
+                        "client_ip": client_ip,
+                        "bytes": status_box[1],
+                        "user_id": state.get("user_id"),
+                        "session_id": state.get("session_id"),
+                        "tool_name": state.get("tool_name"),
+                        "user_agent": _header(scope, b"user-agent"),
+                    },
+                )
+            request_id_var.reset(rid_token)
+            session_id_var.reset(sid_token)
+            user_id_var.reset(uid_token)
+
+    async def _dispatch(
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        path: str,
+        method: str,
+        origin: str | None,
+        cors_ok: bool,
+        is_mcp: bool,
+    ) -> None:
+        # CORS preflight
+        if method == "OPTIONS" and origin is not None and _header(scope, b"access-control-request-method"):
+            if not cors_ok:
+                await _plain(send, 403, "Origin not allowed")
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        (b"access-control-allow-methods", self.cors_methods),
+                        (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
+                        (b"access-control-max-age", self.cors_max_age),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        cl = _header(scope, b"content-length")
+        if cl is not None:
+            try:
+                too_big = int(cl) > self.max_body
+            except ValueError:
+                await _plain(send, 400, "Invalid Content-Length")
+                return
+            if too_big:
+                await _plain(send, 413, f"Request body too large (limit {self.max_body} bytes)")
+                return
+        if is_mcp:
+            if not self._host_ok(_header(scope, b"host")):
+                logger.warning("refused a request with Host %r", _header(scope, b"host"))
+                await _plain(send, 421, "Invalid Host header")
+                return
+            if origin is not None and origin.rstrip("/").lower() not in self.mcp_origins:
+                logger.warning("refused a request with Origin %r", origin)
+                await _plain(send, 403, "Invalid Origin header")
+                return
+            if self.draining and _header(scope, b"mcp-session-id") is None:
+                await _plain(send, 503, "Shutting down", [(b"retry-after", b"1"), (b"connection", b"close")])
+                return
+            await self.mcp(scope, receive, send)
+            return
+        await self.other(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------- assembly
+
+
+class Runtime:
+    """What the CLI needs to drive shutdown, and what the tests poke at."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.redis: Redis | None = None
+        self.verifier: JWKSVerifier | None = None
+        self.manager: InstanceSessionManager | None = None
+        self.gateway: Gateway | None = None
+        self.mcp_server: MCPServer | Server[Any] | None = None
+
+    def begin_drain(self) -> None:
+        if self.gateway is not None:
+            self.gateway.draining = True
+        if self.manager is not None:
+            n = self.manager.close_standalone_streams()
+            if n:
+                logger.info("closed %d notification stream(s) for shutdown", n)
+
+
+def _install_key_ring(lowlevel: Server[Any], keys: tuple[bytes, ...], audience: str) -> None:
+    """Swap the SDK's request-state boundary for one sealing with the configured key ring."""
+    security = RequestStateSecurity(keys=list(keys))
+    boundary = RequestStateBoundary(security, default_audience=audience)
+    mw = lowlevel.middleware
+    for i, m in enumerate(mw):
+        if isinstance(m, RequestStateBoundary):
+            mw[i] = boundary
+            return
+    mw.insert(0, boundary)
+
+
+def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, Runtime]:
+    rt = runtime or Runtime(settings)
+    s = settings
+    ref = StoreRef()
+    if s.server.app:
+        server = load_user_app(s.server.app)
+    else:
+        security = (
+            RequestStateSecurity(keys=list(s.server.request_state_keys))
+            if s.server.request_state_keys
+            else None
+        )
+        server = build_reference_server(s.server.name, ref, security)
+    rt.mcp_server = server
+    lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
+    if s.server.request_state_keys and s.server.app:
+        _install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
+    lowlevel.middleware.append(ToolObserver(server))
+
+    manager = InstanceSessionManager(
+        app=lowlevel,
+        instance_id=s.server.instance_id,
+        stateless=s.server.stateless,
+        security_settings=None,  # Host/Origin are checked by the Gateway, with the configured names
+        max_request_body_size=s.server.max_body_bytes,
+        session_idle_timeout=s.server.session_idle_timeout,
+    )
+    # MCPServer.session_manager reads this; user code may rely on it.
+    lowlevel._session_manager = manager
+    rt.manager = manager
+    metrics.sessions_active.set_function(lambda: manager.open_sessions)
+
+    client_address = ClientAddress(s.server.trusted_proxies)
+    chain: Any = manager.handle_request
+    redis = redis_client(s)
+    rt.redis = redis
+    if s.ratelimit.enabled:
+        chain = RateLimitGate(chain, RateLimiter(redis, s.ratelimit, s.redis.key_prefix), client_address)
+    routes: list[BaseRoute] = []
+    if s.auth.enabled:
+        assert s.auth.resource_server_url
+        verifier = JWKSVerifier(s.auth)
+        rt.verifier = verifier
+        meta_url = resource_metadata_url(s.auth.resource_server_url)
+        chain = AuthGate(chain, verifier, meta_url, s.auth.required_scopes)
+        doc = protected_resource_metadata(s.auth, s.server.name)
+
+        async def prm(request: Request) -> Response:
+            return JSONResponse(doc, headers={"Cache-Control": "public, max-age=300"})
+
+        well_known = "/.well-known/oauth-protected-resource"
+        meta_path = well_known + (
+            meta_url.split(well_known, 1)[1] if meta_url.split(well_known, 1)[1] else ""
+        )
+        routes.append(Route(meta_path, prm, methods=["GET"]))
+        if meta_path != well_known:
+            routes.append(Route(well_known, prm, methods=["GET"]))
+
+    health = HealthChecker(s, redis, rt.verifier)
+
+    async def health_ep(request: Request) -> Response:
+        draining = rt.gateway is not None and rt.gateway.draining
+        code, body = await health.run(draining=draining)
+        return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
+
+    routes.append(Route("/health", health_ep, methods=["GET", "HEAD"]))
+    if s.metrics.enabled:
+
+        async def metrics_ep(request: Request) -> Response:
+            body, ctype = metrics.render()
+            return Response(body, media_type=ctype)
+
+        routes.append(Route(s.metrics.path, metrics_ep, methods=["GET"]))
+    if isinstance(server, MCPServer):
+        routes.extend(server._custom_starlette_routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        ref.store = NotesStore(redis, s.redis.key_prefix)
+        if not s.server.app:
+            try:
+                v = await ref.store.schema_version()
+                if v < SCHEMA_VERSION:
+                    logger.warning(
+                        "notes schema version %d is behind %d: run `mcpops-server migrate`", v, SCHEMA_VERSION
+                    )
+            except Exception as exc:
+                logger.warning("Redis is not reachable at start-up: %s", exc.__class__.__name__)
+        if rt.verifier is not None:
+            await rt.verifier.start()
+        try:
+            async with manager.run():
+                yield
+        finally:
+            if rt.verifier is not None:
+                await rt.verifier.aclose()
+            await redis.aclose()
+
+    inner = Starlette(routes=routes, lifespan=lifespan)
+    gateway = Gateway(s, chain, inner, client_address)
+    rt.gateway = gateway
+    return gateway, rt
+
+
+def with_settings_override(settings: Settings, **server_fields: Any) -> Settings:
+    return replace(settings, server=replace(settings.server, **server_fields))
+
+
+__all__ = ["Runtime", "__version__", "build_app", "load_user_app"]

@@ -1,0 +1,174 @@
+"""mcpops-server serve | check-config | migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+from typing import Any
+
+from . import __version__, systemd
+from .config import ConfigError, Settings, default_config_path, describe, load_settings
+
+# The seed's "TLS Configuration".
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
+
+EXIT_CONFIG = 2
+
+logger = logging.getLogger("mcpops.server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcpops-server", description="A production runtime for MCP servers.")
+    p.add_argument("--version", action="version", version=f"mcpops-server {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    cfg_help = "YAML configuration (default: $MCPOPS_CONFIG, then /etc/mcpops/config.yaml)"
+    s = sub.add_parser("serve", help="run one instance")
+    s.add_argument("--config", help=cfg_help)
+    s.add_argument("--port", type=int, help="override server.port")
+    c = sub.add_parser("check-config", help="validate the configuration and exit")
+    c.add_argument("--config", help=cfg_help)
+    m = sub.add_parser("migrate", help="apply pending data migrations (idempotent)")
+    m.add_argument("--config", help=cfg_help)
+    return p
+
+
+def _load(args: argparse.Namespace, *, deep: bool) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "port", None) is not None:
+        overrides["server.port"] = args.port
+    settings = load_settings(args.config, overrides=overrides)
+    if deep and settings.server.app:
+        # Importing the user's package is part of validating the configuration.
+        from .app import AppLoadError, load_user_app
+        from .config import Problem
+
+        try:
+            load_user_app(settings.server.app)
+        except AppLoadError as exc:
+            raise ConfigError([Problem("server.app", settings.server.app, str(exc))]) from None
+    return settings
+
+
+def _fail(exc: ConfigError) -> int:
+    for line in exc.lines():
+        print(line, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args, deep=True)
+    except ConfigError as exc:
+        return _fail(exc)
+    path = settings.config_path or f"{default_config_path()[0]} (absent; environment and defaults)"
+    print(f"config ok: {path}")
+    if not settings.auth.enabled:
+        print("warning: auth.enabled is false; every client can call every tool", file=sys.stderr)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args, deep=False)
+    except ConfigError as exc:
+        return _fail(exc)
+    from .app import redis_client
+    from .notes import NotesStore
+
+    async def run() -> tuple[int, bool]:
+        redis = redis_client(settings)
+        try:
+            return await NotesStore(redis, settings.redis.key_prefix).migrate()
+        finally:
+            await redis.aclose()
+
+    try:
+        version, changed = asyncio.run(run())
+    except Exception as exc:
+        print(f"migrate: failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema_version={version} changed={'true' if changed else 'false'}")
+    return 0
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    assert settings.tls.cert_file and settings.tls.key_file
+    ctx.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS_CIPHERS)
+    return ctx
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args, deep=False)
+    except ConfigError as exc:
+        return _fail(exc)
+    from . import logging as mlog
+
+    mlog.configure(settings.logging, instance_id=settings.server.instance_id)
+    if not settings.auth.enabled:
+        logger.warning("auth is disabled (auth.enabled: false): every client can call every tool")
+
+    import uvicorn
+
+    from .app import AppLoadError, build_app
+
+    try:
+        app, runtime = build_app(settings)
+    except AppLoadError as exc:
+        print(f"config: server.app = {settings.server.app}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    class Server(uvicorn.Server):
+        """uvicorn, plus sd_notify and a drain step (close notification streams) on shutdown."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                systemd.notify("READY=1\nSTATUS=serving")
+                logger.info(
+                    "serving",
+                    extra={"event": "ready", "settings": describe(settings)},
+                )
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            systemd.notify("STOPPING=1")
+            logger.info("shutting down: draining for at most %g s", settings.server.graceful_timeout)
+            runtime.begin_drain()
+            await super().shutdown(sockets=sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is read by the app, only from trusted proxies
+        server_header=False,
+        timeout_graceful_shutdown=settings.server.graceful_timeout,
+        timeout_keep_alive=30,
+        lifespan="on",
+        http="h11",
+        loop="asyncio",
+    )
+    config.load()
+    if settings.tls.enabled:
+        config.ssl = _ssl_context(settings)
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "check-config": cmd_check_config, "migrate": cmd_migrate}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Prometheus metrics: the seed's names, HTTP requests by status and latency, process metrics.
+
+The default registry already carries the process and platform collectors
+(``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+disable_created_metrics()  # the *_created series double the output and nobody graphs them
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# --- the seed's metrics ---
+auth_attempts_total = Counter(
+    "mcp_auth_attempts_total", "Total authentication attempts", ["endpoint", "result"], registry=REGISTRY
+)
+auth_duration_seconds = Histogram(
+    "mcp_auth_duration_seconds",
+    "Authentication duration in seconds",
+    ["endpoint"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5),
+)
+tool_calls_total = Counter(
+    "mcp_tool_calls_total", "Total tool invocations", ["endpoint", "tool_name", "result"]
+)
+tool_duration_seconds = Histogram(
+    "mcp_tool_duration_seconds",
+    "Tool execution duration in seconds",
+    ["endpoint", "tool_name"],
+    buckets=_LATENCY_BUCKETS,
+)
+active_connections = Gauge("mcp_active_connections", "Number of active connections", ["endpoint"])
+
+# --- HTTP ---
+http_requests_total = Counter(
+    "mcp_http_requests_total", "HTTP requests by route, method and status", ["path", "method", "status"]
+)
+http_request_duration_seconds = Histogram(
+    "mcp_http_request_duration_seconds",
+    "HTTP request latency (until the response is complete) in seconds",
+    ["path", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+# --- rate limiting, sessions, dependencies ---
+ratelimit_rejected_total = Counter("mcp_ratelimit_rejected_total", "Requests refused with 429")
+ratelimit_redis_errors_total = Counter(
+    "mcp_ratelimit_redis_errors_total", "Rate limit checks that could not reach Redis", ["action"]
+)
+jwks_fetches_total = Counter("mcp_jwks_fetches_total", "JWKS (and metadata) fetches", ["result"])
+sessions_active = Gauge("mcp_sessions_active", "Open stateful MCP sessions on this instance")
+health_status = Gauge("mcp_health_check_ok", "Last result of each health check (1 ok, 0 failing)", ["check"])
+
+ENDPOINT = "/mcp"
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
