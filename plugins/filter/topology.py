@@ -7,6 +7,7 @@ load balancer reach them) can never disagree.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 DOCUMENTATION = r"""
@@ -15,8 +16,9 @@ short_description: The MCP server instances of a list of hosts, with address, po
 description:
   - Input is a list of inventory host names (for example C(groups['mcp_servers'])).
   - Each host contributes one entry per port in its C(mcp_server_instances) (default C([8000])).
-  - The route id is the host's name reduced to letters and digits, a dash and the port; it is the
-    prefix of every MCP session id the instance mints, which nginx uses to route follow-up requests.
+  - The route id is the host's name reduced to letters and digits (long names shortened with a
+    hash), a dash and the port; it is the prefix of every MCP session id the instance mints, which
+    nginx uses to route follow-up requests.
 options:
   _input:
     description: Inventory host names.
@@ -41,11 +43,13 @@ ROUTE_RE = re.compile(r"[^A-Za-z0-9]+")
 
 
 def route_id(host: str, port: int) -> str:
-    base = ROUTE_RE.sub("", host.split(".")[0])[:24] or "h"
+    base = ROUTE_RE.sub("", host) or "h"
+    if len(base) > 24:  # keep ids short but distinct: a prefix and a hash of the whole name
+        base = base[:17] + hashlib.sha1(host.encode()).hexdigest()[:6]  # noqa: S324 (not security)
     return f"{base}-{int(port)}"
 
 
-WILDCARDS = ("0.0.0.0", "::", "")
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 (we compare, never bind)
 
 
 def mcp_instances(hosts, hostvars, from_host=None):

@@ -1,0 +1,59 @@
+# mcpops.deploy: the two commands that matter are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export MCPOPS_LAB_DIR ?= $(CURDIR)/.lab
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PY_COLORS := 0
+export ANSIBLE_FORCE_COLOR := 0
+MOLECULE_DISTRO ?= debian12
+export MOLECULE_DISTRO
+
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-debian13 bench clean
+
+help:
+	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
+	@echo "make test     lint, unit tests, collection build/install test, molecule scenario default"
+	@echo "make setup    prepare this machine (venv, docker engine, base images); run by demo and test"
+	@echo "make molecule-debian13   the default scenario on Debian 13"
+	@echo "make bench    benchmarks (bench/), printed as ratios"
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+demo-clean:
+	-docker rm -f mcpops-demo
+
+lint: setup
+	yamllint -s .
+	ansible-lint
+	ruff check .
+	ruff format --check .
+	python scripts/check_argspecs.py
+
+unit: setup
+	pytest -q server/tests tests/unit
+
+collection: setup
+	pytest -q tests/collection
+
+molecule: setup
+	molecule test -s default
+
+molecule-debian13:
+	$(MAKE) molecule MOLECULE_DISTRO=debian13
+
+test: lint unit collection molecule
+	@echo "make test: all gates passed"
+
+bench: setup
+	python bench/server_bench.py
+
+clean: demo-clean
+	rm -rf .cache .lab
