@@ -1,0 +1,318 @@
+"""Real parts for the tests: redis-server, an OAuth issuer over HTTP, mcpops-server subprocesses."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+REDIS_BIN = "/usr/bin/redis-server"
+PYTHON = sys.executable
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; return its value. Raises AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except Exception as exc:
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc!r})")
+
+
+# --------------------------------------------------------------------------------------- redis
+
+
+class RedisServer:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            + ["--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._ping, 10, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+# --------------------------------------------------------------------------------------- issuer
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Issuer:
+    """An authorization server stand-in: RFC 8414 metadata + JWKS over HTTP, signing keys in memory."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ec_key = ec.generate_private_key(ec.SECP256R1())
+        self.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.rogue_key = ec.generate_private_key(ec.SECP256R1())  # never published
+        self.jwks_hits = 0
+        self.meta_hits = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    def jwks(self) -> dict[str, Any]:
+        ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key()))
+        ec_jwk.update(kid="ec1", use="sig", alg="ES256")
+        rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa_key.public_key()))
+        rsa_jwk.update(kid="rsa1", use="sig")
+        return {"keys": [ec_jwk, rsa_jwk]}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "issuer": self.url,
+            "authorization_endpoint": self.url + "/authorize",
+            "token_endpoint": self.url + "/token",
+            "jwks_uri": self.url + "/jwks.json",
+            "response_types_supported": ["code"],
+        }
+
+    def start(self) -> None:
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/oauth-authorization-server":
+                    issuer.meta_hits += 1
+                    body = json.dumps(issuer.metadata()).encode()
+                elif self.path == "/jwks.json":
+                    issuer.jwks_hits += 1
+                    body = json.dumps(issuer.jwks()).encode()
+                else:
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def write_jwks(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.jwks()))
+        return path
+
+    def claims(self, aud: str, **over: Any) -> dict[str, Any]:
+        now = int(time.time())
+        c = {
+            "iss": self.url,
+            "sub": "user-" + uuid.uuid4().hex[:8],
+            "aud": aud,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+            "scope": "mcp",
+            "client_id": "test-client",
+        }
+        c.update(over)
+        return {k: v for k, v in c.items() if v is not None}
+
+    def token(
+        self, aud: str, *, alg: str = "ES256", kid: str | None = None, key: Any = None, **over: Any
+    ) -> str:
+        if key is None:
+            key = self.rsa_key if alg.startswith(("RS", "PS")) else self.ec_key
+        if kid is None:
+            kid = "rsa1" if alg.startswith(("RS", "PS")) else "ec1"
+        return jwt.encode(self.claims(aud, **over), key, algorithm=alg, headers={"kid": kid})
+
+    def token_alg_none(self, aud: str) -> str:
+        header = _b64u(json.dumps({"alg": "none", "typ": "JWT", "kid": "ec1"}).encode())
+        return f"{header}.{_b64u(json.dumps(self.claims(aud)).encode())}."
+
+    def token_hs256_with_public_key(self, aud: str) -> str:
+        """The classic key-confusion attack: HMAC keyed with the RSA public key's PEM."""
+        pem = self.rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        header = _b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa1"}).encode())
+        payload = _b64u(json.dumps(self.claims(aud)).encode())
+        sig = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64u(sig)}"
+
+
+# --------------------------------------------------------------------------------------- server
+
+
+class ServerProc:
+    """One mcpops-server instance in a subprocess, its log in a file."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str], port: int | None = None):
+        self.name = name
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{name}.log"
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(FIXTURES),
+            "MCP_SERVER_PORT": str(self.port),
+            "MCPOPS_CONFIG": str(workdir / "empty.yaml"),
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        (workdir / "empty.yaml").write_text("{}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.scheme = "https" if env.get("TLS_CERT_FILE") else "http"
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return self.base + "/mcp"
+
+    def start(self, wait: bool = True) -> ServerProc:
+        env = dict(self.env)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "mcpops_server.cli", "serve"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def fail(self, why: str) -> None:
+        raise AssertionError(f"{self.name}: {why}\n----- server output -----\n{self.log_text()[-6000:]}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        verify = self.env.get("TEST_CA_FILE", True)
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                self.fail(f"exited with {self.proc.returncode} during start-up")
+            try:
+                httpx2.get(self.base + "/health", timeout=1, verify=verify)
+            except httpx2.TransportError:
+                return False
+            return True
+
+        try:
+            wait_for(up, timeout, f"{self.name} to listen")
+        except AssertionError as exc:
+            if "server output" in str(exc):
+                raise
+            self.fail(str(exc))
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self.fail("did not stop within the graceful timeout")
+        rc = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return rc
+
+    def metric(self, text: str, name: str, **labels: str) -> float:
+        """Read one sample from Prometheus text (0 when absent)."""
+        want = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+        )
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if _canon(key) == want:
+                return float(value)
+        return 0.0
+
+
+def _canon(key: str) -> str:
+    if "{" not in key:
+        return key
+    name, _, rest = key.partition("{")
+    parts = sorted(p for p in rest.rstrip("}").split(",") if p)
+    return name + "{" + ",".join(parts) + "}"

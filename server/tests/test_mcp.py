@@ -1,0 +1,239 @@
+"""tools/list, tools/call, progress streaming, notes persistence, malformed JSON-RPC, metrics, logs."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import anyio
+import httpx2
+from conftest import mcp_session
+from mcpops_testlib import wait_for
+
+
+def test_tools_list_and_call(fleet, issuer):
+    s = fleet.main
+
+    async def go():
+        async with mcp_session(s.mcp_url, issuer.token(s.mcp_url)) as c:
+            tools = (await c.list_tools()).tools
+            names = {t.name for t in tools}
+            assert {"notes_add", "notes_get", "notes_search", "notes_delete", "slow_count"} <= names
+            for t in tools:
+                assert t.description, t.name
+                assert t.input_schema.get("type") == "object", t.name
+                assert "properties" in t.input_schema, t.name
+            title = "note-" + uuid.uuid4().hex
+            added = await c.call_tool(
+                "notes_add", {"title": title, "body": "remember the milk", "tags": ["Shop"]}
+            )
+            assert not added.is_error
+            note = added.structured_content
+            assert note["title"] == title and note["tags"] == ["shop"]
+            got = await c.call_tool("notes_get", {"note_id": note["id"]})
+            assert got.structured_content["body"] == "remember the milk"
+            found = await c.call_tool("notes_search", {"query": title[-12:]})
+            assert [n["id"] for n in found.structured_content["notes"]] == [note["id"]]
+            by_tag = await c.call_tool("notes_search", {"tag": "shop", "limit": 100})
+            assert note["id"] in [n["id"] for n in by_tag.structured_content["notes"]]
+            deleted = await c.call_tool("notes_delete", {"note_id": note["id"]})
+            assert deleted.structured_content["deleted"] is True
+            missing = await c.call_tool("notes_get", {"note_id": note["id"]})
+            assert missing.is_error
+            bad = await c.call_tool("notes_get", {"note_id": "not-a-number"})
+            assert bad.is_error
+
+    anyio.run(go)
+
+
+def test_progress_notifications_arrive_before_the_result(fleet, issuer):
+    s = fleet.main
+    n, interval_ms = 4, 250
+
+    async def go():
+        seen: list[tuple[float, float]] = []
+
+        async def on_progress(progress, total, message):
+            seen.append((time.monotonic(), progress))
+
+        async with mcp_session(s.mcp_url, issuer.token(s.mcp_url)) as c:
+            t0 = time.monotonic()
+            res = await c.call_tool(
+                "slow_count", {"n": n, "interval_ms": interval_ms}, progress_callback=on_progress
+            )
+            t_done = time.monotonic()
+        assert not res.is_error
+        assert res.content[0].text == f"counted to {n}"
+        assert [p for _, p in seen] == [1, 2, 3, 4]
+        # Unbuffered: the first notification arrived long before the call returned, and they were spread out.
+        total = (n - 1) * interval_ms / 1000
+        assert seen[0][0] - t0 < total / 2
+        assert t_done - seen[0][0] >= total * 0.8
+        assert seen[-1][0] <= t_done
+
+    anyio.run(go)
+
+
+def test_session_ids_carry_the_instance_id(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    r = httpx2.post(
+        s.mcp_url,
+        headers={"Authorization": f"Bearer {tok}", "Accept": "application/json, text/event-stream"},
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        },
+    )
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    head, _, tail = sid.partition(".")
+    assert head == f"p{s.port}" and len(tail) == 32 and int(tail, 16) >= 0
+
+
+def _post(url, body, tok, **headers):
+    return httpx2.post(
+        url,
+        content=body,
+        headers={
+            "Authorization": f"Bearer {tok}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            **headers,
+        },
+    )
+
+
+def test_malformed_json_rpc(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    r = _post(s.mcp_url, b"{this is not json", tok)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == -32700
+    r = _post(s.mcp_url, json.dumps({"hello": "world"}).encode(), tok)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] in (-32600, -32602, -32700)
+
+
+def test_body_over_the_limit_gets_413(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 9000}}).encode()
+    r = _post(s.mcp_url, big, tok)
+    assert r.status_code == 413
+
+    def chunks():
+        yield big[:4000]
+        yield big[4000:]
+
+    r = httpx2.post(
+        s.mcp_url,
+        content=chunks(),
+        headers={
+            "Authorization": f"Bearer {tok}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        },
+    )
+    assert r.status_code == 413
+
+
+def test_metrics_move_after_a_call(fleet, issuer):
+    s = fleet.main
+
+    def scrape():
+        r = httpx2.get(s.base + "/metrics")
+        assert r.status_code == 200
+        return r.text
+
+    before = scrape()
+    for name in (
+        "mcp_auth_attempts_total",
+        "mcp_auth_duration_seconds",
+        "mcp_tool_calls_total",
+        "mcp_tool_duration_seconds",
+        "mcp_active_connections",
+        "mcp_http_requests_total",
+        "mcp_http_request_duration_seconds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')}" in before, name
+
+    async def go():
+        async with mcp_session(s.mcp_url, issuer.token(s.mcp_url)) as c:
+            await c.call_tool("notes_search", {"query": "zzz"})
+
+    anyio.run(go)
+    after = scrape()
+    labels = {"endpoint": "/mcp", "tool_name": "notes_search", "result": "success"}
+    assert (
+        s.metric(after, "mcp_tool_calls_total", **labels)
+        == s.metric(before, "mcp_tool_calls_total", **labels) + 1
+    )
+    ok = {"endpoint": "/mcp", "result": "success"}
+    assert s.metric(after, "mcp_auth_attempts_total", **ok) > s.metric(
+        before, "mcp_auth_attempts_total", **ok
+    )
+    post200 = {"path": "/mcp", "method": "POST", "status": "200"}
+    assert s.metric(after, "mcp_http_requests_total", **post200) > s.metric(
+        before, "mcp_http_requests_total", **post200
+    )
+    cnt = {"endpoint": "/mcp", "tool_name": "notes_search"}
+    assert s.metric(after, "mcp_tool_duration_seconds_count", **cnt) >= 1
+
+
+def test_json_log_lines_carry_the_fields(fleet, issuer):
+    s = fleet.main
+    rid = "req-" + uuid.uuid4().hex
+    sub = "logger-" + uuid.uuid4().hex[:6]
+
+    async def go():
+        async with mcp_session(
+            s.mcp_url, issuer.token(s.mcp_url, sub=sub), headers={"X-Request-ID": rid}
+        ) as c:
+            await c.call_tool("notes_search", {"query": "log"})
+
+    anyio.run(go)
+
+    def find():
+        lines = [x for x in s.log_lines() if x.get("request_id") == rid]
+        tool = [x for x in lines if x.get("event") == "tool_call"]
+        access = [x for x in lines if x.get("event") == "access" and x.get("status") == 200]
+        return (tool, access) if tool and access else None
+
+    tool, access = wait_for(find, 10, "the tool-call and access log lines")
+    line = tool[0]
+    for field in ("timestamp", "level", "logger", "message", "module", "function", "line"):
+        assert field in line, field
+    assert line["user_id"] == sub
+    assert line["tool_name"] == "notes_search"
+    assert line["session_id"].startswith(f"p{s.port}.")
+    assert isinstance(line["duration_ms"], float | int)
+    a = access[0]
+    assert a["method"] == "POST" and a["path"] == "/mcp" and a["user_id"] == sub
+    assert isinstance(a["duration_ms"], float | int)
+
+
+def test_health_and_metadata(fleet, issuer):
+    s = fleet.main
+    r = httpx2.get(s.base + "/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "healthy"
+    assert body["checks"] == {"redis": "ok", "auth_server": "ok"}
+    assert "timestamp" in body
+    for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+        m = httpx2.get(s.base + path)
+        assert m.status_code == 200, path
+        doc = m.json()
+        assert doc["resource"] == s.mcp_url
+        assert doc["authorization_servers"] == [issuer.url]
+        assert doc["scopes_supported"] == ["mcp"]
