@@ -72,8 +72,10 @@ class RedisServer:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + ["--dir", str(self.workdir)],
+            [
+                *(REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -159,12 +161,12 @@ class Issuer:
         path.write_text(json.dumps(self.jwks()))
         return path
 
-    def claims(self, aud: str, **over: Any) -> dict[str, Any]:
+    def claims(self, audience: str, **over: Any) -> dict[str, Any]:
         now = int(time.time())
         c = {
             "iss": self.url,
             "sub": "user-" + uuid.uuid4().hex[:8],
-            "aud": aud,
+            "aud": audience,
             "iat": now,
             "nbf": now,
             "exp": now + 600,
@@ -175,13 +177,13 @@ class Issuer:
         return {k: v for k, v in c.items() if v is not None}
 
     def token(
-        self, aud: str, *, alg: str = "ES256", kid: str | None = None, key: Any = None, **over: Any
+        self, audience: str, /, *, alg: str = "ES256", kid: str | None = None, key: Any = None, **over: Any
     ) -> str:
         if key is None:
             key = self.rsa_key if alg.startswith(("RS", "PS")) else self.ec_key
         if kid is None:
             kid = "rsa1" if alg.startswith(("RS", "PS")) else "ec1"
-        return jwt.encode(self.claims(aud, **over), key, algorithm=alg, headers={"kid": kid})
+        return jwt.encode(self.claims(audience, **over), key, algorithm=alg, headers={"kid": kid})
 
     def token_alg_none(self, aud: str) -> str:
         header = _b64u(json.dumps({"alg": "none", "typ": "JWT", "kid": "ec1"}).encode())

@@ -1,0 +1,90 @@
+"""Host/Origin validation and CORS."""
+
+from __future__ import annotations
+
+import httpx2
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
+ACCEPT = "application/json, text/event-stream"
+
+
+def test_bad_host_gets_421(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    r = httpx2.post(
+        s.mcp_url,
+        json=INIT,
+        headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Host": "evil.example"},
+    )
+    assert r.status_code == 421
+
+
+def test_public_host_is_accepted(fleet, issuer):
+    s = fleet.ra  # configured with MCP_PUBLIC_HOSTS=mcp.test
+    tok = issuer.token("https://mcp.test/mcp")
+    for host in ("mcp.test", "mcp.test:443", "localhost:1234"):
+        r = httpx2.post(
+            s.mcp_url, json=INIT, headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Host": host}
+        )
+        assert r.status_code == 200, (host, r.status_code, r.text)
+
+
+def test_foreign_origin_gets_403(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    r = httpx2.post(
+        s.mcp_url,
+        json=INIT,
+        headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403
+
+
+def test_cors_for_an_allowed_origin(fleet, issuer):
+    s = fleet.main
+    pre = httpx2.options(
+        s.mcp_url,
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id",
+        },
+    )
+    assert pre.status_code == 204
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert "mcp-session-id" in pre.headers["access-control-allow-headers"].lower()
+    assert pre.headers["access-control-max-age"] == "3600"
+    tok = issuer.token(s.mcp_url)
+    r = httpx2.post(
+        s.mcp_url,
+        json=INIT,
+        headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Origin": "https://app.example"},
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+    exposed = r.headers["access-control-expose-headers"].lower()
+    assert "mcp-session-id" in exposed and "www-authenticate" in exposed
+    # a 401 is readable by the browser client too (it needs WWW-Authenticate to start OAuth)
+    r = httpx2.post(s.mcp_url, json=INIT, headers={"Accept": ACCEPT, "Origin": "https://app.example"})
+    assert r.status_code == 401
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+    bad = httpx2.options(
+        s.mcp_url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert bad.status_code == 403
+
+
+def test_request_id_is_echoed(fleet):
+    r = httpx2.get(fleet.main.base + "/health", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = httpx2.get(fleet.main.base + "/health")
+    assert len(r.headers["x-request-id"]) == 32
