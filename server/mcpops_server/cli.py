@@ -118,6 +118,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import AppLoadError, build_app
 
+    # The SDK streams responses with sse-starlette, which by default ends every SSE stream the moment
+    # uvicorn sees SIGTERM, cutting tool calls off mid-flight. We drain instead: close the idle
+    # notification streams at once, let calls in flight finish, and end what is left shortly before
+    # uvicorn's graceful timeout would cancel it.
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()
+
     try:
         app, runtime = build_app(settings)
     except AppLoadError as exc:
@@ -140,7 +148,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             systemd.notify("STOPPING=1")
             logger.info("shutting down: draining for at most %g s", settings.server.graceful_timeout)
             runtime.begin_drain()
-            await super().shutdown(sockets=sockets)
+            grace = settings.server.graceful_timeout
+            end_streams = asyncio.get_running_loop().call_later(
+                max(grace - 1.0, grace * 0.5), setattr, AppStatus, "should_exit", True
+            )
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                end_streams.cancel()
 
     config = uvicorn.Config(
         app,
