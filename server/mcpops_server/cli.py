@@ -116,13 +116,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import AppLoadError, build_app
-
     # The SDK streams responses with sse-starlette, which by default ends every SSE stream the moment
     # uvicorn sees SIGTERM, cutting tool calls off mid-flight. We drain instead: close the idle
     # notification streams at once, let calls in flight finish, and end what is left shortly before
     # uvicorn's graceful timeout would cancel it.
     from sse_starlette.sse import AppStatus
+
+    from .app import AppLoadError, build_app
 
     AppStatus.disable_automatic_graceful_drain()
 
