@@ -51,6 +51,7 @@ logger = logging.getLogger("mcpops.server")
 access_logger = logging.getLogger("mcpops.access")
 
 MCP_PATH = "/mcp"
+_METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _ALLOW_HEADERS = (
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
@@ -101,12 +102,20 @@ class ClientAddress:
     def __init__(self, trusted: tuple[str, ...]):
         self.nets = [ipaddress.ip_network(n) for n in trusted]
 
+        self._cache: dict[str, bool] = {}
+
     def _trusted(self, ip: str) -> bool:
+        hit = self._cache.get(ip)
+        if hit is not None:
+            return hit
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in n for n in self.nets)
+        trusted = any(addr in n for n in self.nets)
+        if len(self._cache) < 4096:
+            self._cache[ip] = trusted
+        return trusted
 
     def __call__(self, scope: dict[str, Any]) -> str:
         peer = (scope.get("client") or ("unknown", 0))[0]
@@ -218,12 +227,17 @@ class ToolObserver:
                 return out
             finally:
                 dt = time.perf_counter() - t0
-                metrics.tool_calls_total.labels(
-                    endpoint=metrics.ENDPOINT, tool_name=label, result=result
-                ).inc()
-                metrics.tool_duration_seconds.labels(endpoint=metrics.ENDPOINT, tool_name=label).observe(dt)
-                self.tool_log.info(
-                    "tool call",
+                metrics.tool_calls(metrics.ENDPOINT, label, result).inc()
+                metrics.tool_duration(metrics.ENDPOINT, label).observe(dt)
+                if isinstance(scope_state, dict):
+                    scope_state["tool_result"] = result
+                # The request's access line carries tool_name and the result; a line of its own only
+                # for failures (or with LOG_LEVEL=DEBUG).
+                self.tool_log.log(
+                    logging.INFO if result == "error" else logging.DEBUG,
+                    "tool call %s: %s",
+                    label,
+                    result,
                     extra={"duration_ms": round(dt * 1000, 2), "result": result, "event": "tool_call"},
                 )
         finally:
@@ -350,17 +364,18 @@ class Gateway:
 
         is_mcp = path == MCP_PATH
         if is_mcp:
-            metrics.active_connections.labels(endpoint=metrics.ENDPOINT).inc()
+            metrics.mcp_connections.inc()
         try:
             await self._dispatch(scope, receive, send_wrapped, path, method, origin, cors_ok, is_mcp)
         finally:
             if is_mcp:
-                metrics.active_connections.labels(endpoint=metrics.ENDPOINT).dec()
+                metrics.mcp_connections.dec()
             dt = time.perf_counter() - t0
             status = status_box[0] or 500
             label = self._route_label(path)
-            metrics.http_requests_total.labels(path=label, method=method, status=str(status)).inc()
-            metrics.http_request_duration_seconds.labels(path=label, method=method).observe(dt)
+            m = method if method in _METHODS else "other"
+            metrics.http_requests(label, m, str(status)).inc()
+            metrics.http_duration(label, m).observe(dt)
             if not (path == "/health" and status == 200) and not (
                 path == self.metrics_path and status == 200
             ):
@@ -380,6 +395,7 @@ class Gateway:
                         "user_id": state.get("user_id"),
                         "session_id": state.get("session_id"),
                         "tool_name": state.get("tool_name"),
+                        "result": state.get("tool_result"),
                         "user_agent": _header(scope, b"user-agent"),
                     },
                 )

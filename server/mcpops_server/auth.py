@@ -354,25 +354,25 @@ class AuthGate:
                 break
         endpoint = metrics.ENDPOINT
         if not token:
-            metrics.auth_attempts_total.labels(endpoint=endpoint, result="missing").inc()
+            metrics.auth_attempts(endpoint, "missing").inc()
             await self._deny(send, 401, None, "Authentication required")
             return
         try:
             v = await self.verifier.verify(token)
         except AuthFailure as f:
-            metrics.auth_attempts_total.labels(endpoint=endpoint, result=f.reason).inc()
-            metrics.auth_duration_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
+            metrics.auth_attempts(endpoint, f.reason).inc()
+            metrics.auth_duration.observe(time.perf_counter() - t0)
             scope.setdefault("state", {})["auth_failure"] = f.reason
             await self._deny(send, 401, "invalid_token", f.description)
             return
-        metrics.auth_duration_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
+        metrics.auth_duration.observe(time.perf_counter() - t0)
         if not self.required <= v.scopes:
-            metrics.auth_attempts_total.labels(endpoint=endpoint, result="insufficient_scope").inc()
+            metrics.auth_attempts(endpoint, "insufficient_scope").inc()
             user_id_var.set(v.access_token.subject)
             scope.setdefault("state", {})["user_id"] = v.access_token.subject
             await self._deny(send, 403, "insufficient_scope", "The access token lacks a required scope")
             return
-        metrics.auth_attempts_total.labels(endpoint=endpoint, result="success").inc()
+        metrics.auth_attempts(endpoint, "success").inc()
         user = AuthenticatedUser(v.access_token)
         scope["user"] = user
         scope["auth"] = AuthCredentials(list(v.scopes))

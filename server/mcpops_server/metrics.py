@@ -6,6 +6,8 @@ The default registry already carries the process and platform collectors
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -55,6 +57,30 @@ sessions_active = Gauge("mcp_sessions_active", "Open stateful MCP sessions on th
 health_status = Gauge("mcp_health_check_ok", "Last result of each health check (1 ok, 0 failing)", ["check"])
 
 ENDPOINT = "/mcp"
+
+
+class Children:
+    """Memoised ``metric.labels(...)``: label resolution costs more than the increment itself."""
+
+    def __init__(self, metric: Any):
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+# label order as declared above
+http_requests = Children(http_requests_total)  # (path, method, status)
+http_duration = Children(http_request_duration_seconds)  # (path, method)
+tool_calls = Children(tool_calls_total)  # (endpoint, tool_name, result)
+tool_duration = Children(tool_duration_seconds)  # (endpoint, tool_name)
+auth_attempts = Children(auth_attempts_total)  # (endpoint, result)
+auth_duration = auth_duration_seconds.labels(ENDPOINT)
+mcp_connections = active_connections.labels(ENDPOINT)
 
 
 def render() -> tuple[bytes, str]:

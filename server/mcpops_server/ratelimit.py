@@ -1,8 +1,9 @@
 """Per-principal fixed-window rate limits counted in Redis (so the limit holds across instances).
 
-One round trip per request: ``INCR`` + ``EXPIRE NX`` in a non-transactional pipeline on the key
-``<prefix>rl:<principal>:<window>``. Windows are 60 s, aligned to the epoch minute on Redis's
-clock-free side (the window number comes from this host's clock; hosts are NTP-synced).
+One ``INCR`` per request on the key ``<prefix>rl:<principal>:<window>``; the first hit of a window
+(count 1) also sets the key's expiry, and every 64th hit re-asserts it, so a key can never outlive
+its window by much even if an instance died between the two commands. Windows are 60 s, aligned
+to the epoch minute (the window number comes from this host's clock; hosts are NTP-synced).
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ class RateLimiter:
         window = int(now // WINDOW)
         key = self._key(principal, window)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, WINDOW + 5, nx=True)
-                count, _ = await pipe.execute()
+            count = int(await self.redis.incr(key))
+            if count == 1 or count % 64 == 0:
+                await self.redis.expire(key, WINDOW + 5)
         except Exception as exc:
             action = "deny" if self.deny_on_error else "allow"
             metrics.ratelimit_redis_errors_total.labels(action=action).inc()
@@ -66,7 +66,6 @@ class RateLimiter:
             if self.deny_on_error:
                 return Decision(False, retry_after=5, limit=self.limit)
             return Decision(True, limit=self.limit)
-        count = int(count)
         if count > self.limit:
             retry_after = max(1, int((window + 1) * WINDOW - now + 0.999))
             return Decision(False, retry_after=retry_after, limit=self.limit)

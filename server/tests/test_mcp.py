@@ -200,26 +200,31 @@ def test_json_log_lines_carry_the_fields(fleet, issuer):
             s.mcp_url, issuer.token(s.mcp_url, sub=sub), headers={"X-Request-ID": rid}
         ) as c:
             await c.call_tool("notes_search", {"query": "log"})
+            await c.call_tool("notes_get", {"note_id": 987654321})  # fails: gets a tool line of its own
 
     anyio.run(go)
 
     def find():
         lines = [x for x in s.log_lines() if x.get("request_id") == rid]
-        tool = [x for x in lines if x.get("event") == "tool_call"]
-        access = [x for x in lines if x.get("event") == "access" and x.get("status") == 200]
-        return (tool, access) if tool and access else None
+        access = [x for x in lines if x.get("event") == "access" and x.get("tool_name") == "notes_search"]
+        failed = [x for x in lines if x.get("event") == "tool_call" and x.get("tool_name") == "notes_get"]
+        return (access, failed) if access and failed else None
 
-    tool, access = wait_for(find, 10, "the tool-call and access log lines")
-    line = tool[0]
-    for field in ("timestamp", "level", "logger", "message", "module", "function", "line"):
-        assert field in line, field
-    assert line["user_id"] == sub
-    assert line["tool_name"] == "notes_search"
-    assert line["session_id"].startswith(f"p{s.port}.")
-    assert isinstance(line["duration_ms"], float | int)
+    access, failed = wait_for(find, 10, "the access and tool-call log lines")
     a = access[0]
-    assert a["method"] == "POST" and a["path"] == "/mcp" and a["user_id"] == sub
+    for field in ("timestamp", "level", "logger", "message", "module", "function", "line"):
+        assert field in a, field
+    assert a["logger"] == "mcpops.access" and a["level"] == "INFO"
+    assert a["method"] == "POST" and a["path"] == "/mcp" and a["status"] == 200
+    assert a["user_id"] == sub
+    assert a["session_id"].startswith(f"p{s.port}.")
+    assert a["result"] == "success"
     assert isinstance(a["duration_ms"], float | int)
+    f = failed[0]
+    assert f["result"] == "error" and f["user_id"] == sub and f["session_id"] == a["session_id"]
+    assert isinstance(f["duration_ms"], float | int)
+    for field in ("timestamp", "level", "logger", "message", "module", "function", "line"):
+        assert field in f, field
 
 
 def test_health_and_metadata(fleet, issuer):

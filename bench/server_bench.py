@@ -1,0 +1,345 @@
+"""Throughput and latency of tools/call: (a) the bare SDK app vs (b) mcpops-server with everything on.
+
+    .venv/bin/python bench/server_bench.py [--requests N] [--seconds S] [--concurrency C] [--rounds R]
+
+Both sides serve the same MCPServer (bench/bench_app.py). (b) runs with JWT auth (pinned JWKS from
+the lab issuer), Prometheus metrics, JSON logs (to a file, like journald would take them) and the
+Redis rate limiter (a real redis-server on a free port; the limit is set high enough never to bite).
+The load is a fixed number of sessions, each sending tools/call back to back over keep-alive
+connections, bounded by a request count and a time limit. Rounds alternate a/b to spread noise.
+Prints requests/s, p50/p99, the throughput ratio b/a, and idle/loaded RSS; writes
+bench/results/server.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            fields[k] = int(v.split()[0])
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} during start-up ({url})")
+        try:
+            httpx2.get(url, timeout=1)
+            return
+        except httpx2.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {url}")
+
+
+def sse_result(body: str) -> Any:
+    if body.lstrip().startswith("{"):
+        return json.loads(body)
+    for line in body.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            msg = json.loads(line[5:])
+            if "result" in msg or "error" in msg:
+                return msg
+    raise ValueError("no JSON-RPC response in " + body[:200])
+
+
+async def open_session(client: httpx2.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, str]:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    r = await client.post(url, json=init, headers={**headers, "Accept": ACCEPT})
+    r.raise_for_status()
+    h = {**headers, "Accept": ACCEPT, "Mcp-Session-Id": r.headers["mcp-session-id"]}
+    h["Mcp-Protocol-Version"] = sse_result(r.text)["result"]["protocolVersion"]
+    r = await client.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+    assert r.status_code == 202, r.status_code
+    return h
+
+
+async def drive(url: str, tokens: list[str | None], total: int, seconds: float) -> dict[str, Any]:
+    """`len(tokens)` sessions calling tools/call back to back until `total` calls or `seconds` pass."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx2.Limits(max_connections=len(tokens) * 2, max_keepalive_connections=len(tokens) * 2)
+    async with httpx2.AsyncClient(timeout=30, limits=limits) as client:
+        sessions = []
+        for tok in tokens:
+            base = {"Authorization": f"Bearer {tok}"} if tok else {}
+            sessions.append(await open_session(client, url, base))
+        # warm-up: a few calls per session, not measured
+        remaining = [total]
+        stop_at = [0.0]
+
+        async def worker(h: dict[str, str], n_warm: int) -> None:
+            nonlocal errors
+            i = 0
+            while True:
+                if n_warm > 0:
+                    n_warm -= 1
+                else:
+                    if remaining[0] <= 0 or time.monotonic() > stop_at[0]:
+                        return
+                    remaining[0] -= 1
+                i += 1
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "add", "arguments": {"a": i, "b": 1}},
+                }
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body, headers=h)
+                dt = time.perf_counter() - t0
+                ok = (
+                    r.status_code == 200
+                    and sse_result(r.text).get("result", {}).get("structuredContent", {}).get("result")
+                    == i + 1
+                )
+                if n_warm == 0 and stop_at[0] and ok:
+                    latencies.append(dt)
+                elif not ok:
+                    errors += 1
+
+        await asyncio.gather(*(worker(h, 20) for h in sessions))
+        stop_at[0] = time.monotonic() + seconds
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker(h, 0) for h in sessions))
+        elapsed = time.perf_counter() - t_start
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "requests": n,
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rps": round(n / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(latencies[n // 2] * 1000, 2) if n else None,
+        "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=4000, help="tools/call per measured run (bound)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="time limit per measured run (bound)")
+    ap.add_argument("--concurrency", type=int, default=8, help="concurrent sessions")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="alternating a/b rounds; the best of each is reported"
+    )
+    ap.add_argument("--out", default=str(HERE / "results" / "server.json"))
+    ap.add_argument("--b-env", action="append", default=[], help="extra KEY=VALUE for (b), for experiments")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mcpops-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        rport = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    "/usr/bin/redis-server",
+                    "--port",
+                    str(rport),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=work,
+            )
+        )
+        issuer_dir = work / "issuer"
+        subprocess.run(
+            [PY, "-m", "mcpops_server.devissuer", "init", str(issuer_dir)], check=True, capture_output=True
+        )
+
+        # (a) bare SDK app
+        pa = free_port()
+        env_a = {**os.environ, "PYTHONPATH": str(HERE)}
+        a = subprocess.Popen(
+            [PY, str(HERE / "bench_app.py"), str(pa)],
+            env=env_a,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "a.log").open("wb"),
+        )
+        procs.append(a)
+
+        # (b) mcpops-server, everything on
+        pb = free_port()
+        url_b = f"http://127.0.0.1:{pb}/mcp"
+        env_b = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(HERE),
+            "MCPOPS_CONFIG": str(work / "config.yaml"),
+            "MCP_SERVER_PORT": str(pb),
+            "MCP_APP": "bench_app:mcp",
+            "REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+            "AUTH_ISSUER_URL": "https://devissuer.mcpops.invalid",
+            "AUTH_JWKS_FILE": str(issuer_dir / "jwks.json"),
+            "RESOURCE_SERVER_URL": url_b,
+            "REQUIRED_SCOPES": "mcp",
+            "RATE_LIMIT_ENABLED": "true",
+            "RATE_LIMIT_PER_MINUTE": "10000000",
+            "METRICS_ENABLED": "true",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }
+        env_b.update(kv.split("=", 1) for kv in args.b_env)
+        (work / "config.yaml").write_text("{}\n")
+        b = subprocess.Popen(
+            [PY, "-m", "mcpops_server.cli", "serve"],
+            env=env_b,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "b.log").open("wb"),
+        )
+        procs.append(b)
+        url_a = f"http://127.0.0.1:{pa}/mcp"
+        wait_http(f"http://127.0.0.1:{pa}/mcp", a)
+        wait_http(f"http://127.0.0.1:{pb}/health", b)
+        time.sleep(1.0)  # let start-up garbage settle before reading idle RSS (not synchronisation)
+        idle = {"a": rss_kib(a.pid)[0], "b": rss_kib(b.pid)[0]}
+
+        tokens_b = [
+            subprocess.run(
+                [
+                    PY,
+                    "-m",
+                    "mcpops_server.devissuer",
+                    "token",
+                    str(issuer_dir),
+                    "--aud",
+                    url_b,
+                    "--scope",
+                    "mcp",
+                    "--sub",
+                    f"bench{i}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            for i in range(args.concurrency)
+        ]
+        tokens_a: list[str | None] = [None] * args.concurrency
+
+        runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        for rnd in range(args.rounds):
+            for side, url, toks in (("a", url_a, tokens_a), ("b", url_b, tokens_b)):
+                res = asyncio.run(drive(url, toks, args.requests, args.seconds))
+                res["round"] = rnd + 1
+                runs[side].append(res)
+                print(
+                    f"round {rnd + 1} {side}: {res['rps']} req/s p50 {res['p50_ms']} ms "
+                    f"p99 {res['p99_ms']} ms errors {res['errors']}"
+                )
+        loaded = {"a": rss_kib(a.pid), "b": rss_kib(b.pid)}
+        best = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
+        ratio = round(best["b"]["rps"] / best["a"]["rps"], 3) if best["a"]["rps"] else None
+        median_ratio = round(
+            statistics.median(r["rps"] for r in runs["b"]) / statistics.median(r["rps"] for r in runs["a"]), 3
+        )
+        result = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+            },
+            "load": {
+                "concurrency": args.concurrency,
+                "requests_bound": args.requests,
+                "seconds_bound": args.seconds,
+                "rounds": args.rounds,
+            },
+            "a_bare_sdk": {
+                "best": best["a"],
+                "runs": runs["a"],
+                "idle_rss_mib": round(idle["a"] / 1024, 1),
+                "loaded_rss_mib": round(loaded["a"][0] / 1024, 1),
+                "peak_rss_mib": round(loaded["a"][1] / 1024, 1),
+            },
+            "b_mcpops_server": {
+                "best": best["b"],
+                "runs": runs["b"],
+                "idle_rss_mib": round(idle["b"] / 1024, 1),
+                "loaded_rss_mib": round(loaded["b"][0] / 1024, 1),
+                "peak_rss_mib": round(loaded["b"][1] / 1024, 1),
+                "features": [
+                    "jwt auth (ES256, pinned JWKS)",
+                    "redis rate limit",
+                    "prometheus metrics",
+                    "json logs (access + tool lines)",
+                ],
+            },
+            "throughput_ratio_b_over_a": ratio,
+            "throughput_ratio_median": median_ratio,
+            "targets": {"ratio_min": 0.8, "idle_rss_max_mib": 80},
+        }
+        print()
+        print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'idle MiB':>10}{'loaded MiB':>12}")
+        for key, label in (("a_bare_sdk", "(a) bare SDK"), ("b_mcpops_server", "(b) mcpops-server")):
+            r = result[key]
+            print(
+                f"{label:24}{r['best']['rps']:>10}{r['best']['p50_ms']:>10}{r['best']['p99_ms']:>10}{r['idle_rss_mib']:>10}{r['loaded_rss_mib']:>12}"
+            )
+        print(
+            f"throughput ratio b/a: {ratio} (best of {args.rounds}), {median_ratio} (median); target >= 0.80"
+        )
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
