@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Build the wheelhouse of one release on the controller, for one target Python version.
+
+Managed hosts need no package index: everything they install comes from here.
+
+1. Build the server wheel (and the user's project directories) with `pip wheel --no-deps`, from a
+   clean copy of each project and with SOURCE_DATE_EPOCH fixed, so the same source gives the same
+   bytes; user wheel files are taken as they are.
+2. Resolve the complete requirement set FOR THE TARGET with `uv pip compile --python-version
+   <target full version> --python-platform <arch>-manylinux_<level>`. (pip download evaluates
+   environment markers against the controller's interpreter and would silently drop, e.g.,
+   `async-timeout; python_full_version < "3.11.3"` for a 3.11.2 target.)
+3. The release id is the server version plus a hash of the lock and the local wheels. When a
+   wheelhouse for that id exists, nothing else happens (changed=false).
+4. Otherwise `pip download --no-deps --only-binary=:all:` the locked wheels for the target's
+   version, ABI and platforms, and pack lock + wheels into a deterministic tar.
+
+Prints one JSON object: release, tarball, changed, python_version, packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can carry
+IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", ".cache", ".lab", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+    ".ruff_cache", ".mypy_cache", "node_modules", "molecule", "tests", ".molecule", "*.tar.gz",
+)
+
+
+def run(cmd: list[str], **kw) -> str:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
+    if proc.returncode != 0:
+        sys.stderr.write(f"wheelhouse: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}\n")
+        sys.exit(1)
+    return proc.stdout
+
+
+def uv_command() -> list[str]:
+    found = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    if Path(found).exists():
+        return [found]
+    return [sys.executable, "-m", "uv"]
+
+
+def build_project(src: Path, out: Path, scratch: Path) -> None:
+    copy = scratch / f"src-{len(list(scratch.iterdir()))}"
+    shutil.copytree(src, copy, ignore=IGNORE, symlinks=False)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q", "-w", str(out), str(copy)])
+
+
+def wheel_name_version(path: Path) -> tuple[str, str]:
+    name, version = path.name.split("-")[:2]
+    return re.sub(r"[-_.]+", "-", name).lower(), version
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def platforms(arch: str, level: str) -> list[str]:
+    major, minor = (int(x) for x in level.split("_"))
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
+    tags += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
+    return tags
+
+
+def deterministic_tar(members: list[tuple[str, Path]], dest: Path) -> None:
+    tmp = dest.with_suffix(".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for arcname, path in sorted(members):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(arcname)
+            info.size, info.mtime, info.mode = len(data), int(SOURCE_DATE_EPOCH), 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(dest)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cache", required=True, type=Path)
+    p.add_argument("--python-version", required=True)
+    p.add_argument("--arch", default="x86_64")
+    p.add_argument("--manylinux", default="2_28")
+    p.add_argument("--source", required=True, type=Path)
+    p.add_argument("--package", action="append", default=[])
+    p.add_argument("--index-url", default="")
+    p.add_argument("--local-only", action="store_true", help="third-party wheels come from the index on the host")
+    a = p.parse_args()
+
+    pyver = a.python_version
+    major, minor = pyver.split(".")[:2]
+    out_dir = a.cache / "releases" / f"py{pyver}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (a.cache / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=a.cache / "tmp") as tmp:
+        work = Path(tmp)
+        local, wheels, scratch = work / "local", work / "wheels", work / "scratch"
+        for d in (local, wheels, scratch):
+            d.mkdir()
+        requirements: list[str] = []
+        for item in [str(a.source), *a.package]:
+            path = Path(os.path.expanduser(item))
+            if item.startswith(("/", ".", "~")) or path.exists():
+                if path.is_dir():
+                    build_project(path.resolve(), local, scratch)
+                elif path.is_file() and path.suffix == ".whl":
+                    shutil.copy2(path, local / path.name)
+                else:
+                    sys.stderr.write(f"wheelhouse: {item}: neither a project directory nor a .whl file\n")
+                    return 2
+            else:
+                requirements.append(item)
+        local_wheels = sorted(local.glob("*.whl"))
+        server = [w for w in local_wheels if wheel_name_version(w)[0] == "mcpops-server"]
+        if not server:
+            sys.stderr.write(f"wheelhouse: {a.source} did not give an mcpops-server wheel\n")
+            return 2
+        pins = [f"{n}=={v}" for n, v in map(wheel_name_version, local_wheels)]
+        req_in = work / "requirements.in"
+        req_in.write_text("\n".join(pins + requirements) + "\n")
+        lock = work / "lock.txt"
+        index = ["--index-url", a.index_url] if a.index_url else []
+        run(
+            uv_command()
+            + ["pip", "compile", "--quiet", "--no-header", "--no-annotate", "--python-version", pyver]
+            + ["--python-platform", f"{a.arch}-manylinux_{a.manylinux}", "--find-links", str(local)]
+            + index
+            + ["-o", str(lock), str(req_in)]
+        )
+        digest = hashlib.sha256(lock.read_bytes())
+        for w in local_wheels:
+            digest.update(f"{w.name} {sha256(w)}\n".encode())
+        digest.update(b"local-only" if a.local_only else b"full")
+        release = f"{wheel_name_version(server[0])[1]}-{digest.hexdigest()[:12]}"
+        tarball = out_dir / f"{release}.tar"
+        changed = not tarball.exists()
+        if changed:
+            if a.local_only:
+                for w in local_wheels:
+                    shutil.copy2(w, wheels / w.name)
+            else:
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
+                cmd += ["--python-version", pyver, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
+                cmd += ["--abi", "abi3", "--abi", "none"]
+                for plat in platforms(a.arch, a.manylinux):
+                    cmd += ["--platform", plat]
+                cmd += ["--find-links", str(local), "-d", str(wheels), "-r", str(lock)] + index
+                run(cmd)
+            members = [("lock.txt", lock)] + [(f"wheels/{w.name}", w) for w in sorted(wheels.glob("*.whl"))]
+            deterministic_tar(members, tarball)
+    print(
+        json.dumps(
+            {
+                "release": release,
+                "tarball": str(tarball),
+                "changed": changed,
+                "python_version": pyver,
+                "packages": pins + requirements,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
