@@ -50,6 +50,12 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,14 +270,22 @@ def main() -> int:
         tokens_a: list[str | None] = [None] * args.concurrency
 
         runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        pids = {"a": a.pid, "b": b.pid}
+        redis_pid = procs[0].pid
         for rnd in range(args.rounds):
             for side, url, toks in (("a", url_a, tokens_a), ("b", url_b, tokens_b)):
+                c0, r0 = cpu_seconds(pids[side]), cpu_seconds(redis_pid)
                 res = asyncio.run(drive(url, toks, args.requests, args.seconds))
+                c1, r1 = cpu_seconds(pids[side]), cpu_seconds(redis_pid)
+                total = res["requests"] + 20 * args.concurrency  # warm-up calls were served too
+                res["server_cpu_ms_per_call"] = round((c1 - c0) * 1000 / total, 3) if total else None
+                res["redis_cpu_ms_per_call"] = round((r1 - r0) * 1000 / total, 3) if total else None
                 res["round"] = rnd + 1
                 runs[side].append(res)
                 print(
                     f"round {rnd + 1} {side}: {res['rps']} req/s p50 {res['p50_ms']} ms "
-                    f"p99 {res['p99_ms']} ms errors {res['errors']}"
+                    f"p99 {res['p99_ms']} ms errors {res['errors']} "
+                    f"server CPU {res['server_cpu_ms_per_call']} ms/call"
                 )
         loaded = {"a": rss_kib(a.pid), "b": rss_kib(b.pid)}
         best = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
@@ -279,6 +293,8 @@ def main() -> int:
         median_ratio = round(
             statistics.median(r["rps"] for r in runs["b"]) / statistics.median(r["rps"] for r in runs["a"]), 3
         )
+        cpu = {k: statistics.median(r["server_cpu_ms_per_call"] for r in v) for k, v in runs.items()}
+        cpu_ratio = round(cpu["a"] / cpu["b"], 3) if cpu["b"] else None
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": {
@@ -314,6 +330,9 @@ def main() -> int:
             },
             "throughput_ratio_b_over_a": ratio,
             "throughput_ratio_median": median_ratio,
+            "server_cpu_ms_per_call_median": cpu,
+            "capacity_ratio_cpu_a_over_b": cpu_ratio,
+            "load_average_at_end": os.getloadavg(),
             "targets": {"ratio_min": 0.8, "idle_rss_max_mib": 80},
         }
         print()
@@ -325,6 +344,10 @@ def main() -> int:
             )
         print(
             f"throughput ratio b/a: {ratio} (best of {args.rounds}), {median_ratio} (median); target >= 0.80"
+        )
+        print(
+            f"server CPU per call: a {cpu['a']} ms, b {cpu['b']} ms -> capacity ratio a/b {cpu_ratio} "
+            f"(robust to other load on the host; load average now {os.getloadavg()[0]:.2f})"
         )
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

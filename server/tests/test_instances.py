@@ -103,3 +103,38 @@ def test_sessions_are_routed_to_their_owning_instance(fleet, issuer):
     assert sid.startswith("ia.")
     lost = httpx2.post(fleet.rb.mcp_url, json=PING, headers={**headers, "Mcp-Session-Id": sid})
     assert lost.status_code == 404
+
+
+def test_chunked_counting_never_lets_more_than_the_limit_through(redis_srv):
+    """Instances reserve counts from Redis in chunks; two limiters sharing Redis stay within the limit."""
+    from mcpops_server.config import RateLimitSettings
+    from mcpops_server.ratelimit import RateLimiter
+    from redis.asyncio import Redis
+
+    async def go():
+        prefix = f"t-chunk-{uuid.uuid4().hex[:6]}:"
+        r1, r2 = Redis.from_url(redis_srv.url), Redis.from_url(redis_srv.url)
+        try:
+            settings = RateLimitSettings(requests_per_minute=100)
+            a, b = RateLimiter(r1, settings, prefix), RateLimiter(r2, settings, prefix)
+            assert a.chunk == 5
+            window = int(time.time() // 60)
+            allowed = 0
+            for i in range(150):
+                d = await (a if i % 3 else b).hit("sub:someone")
+                allowed += d.allowed
+                if not d.allowed:
+                    assert 1 <= d.retry_after <= 60
+            if int(time.time() // 60) != window:
+                return None
+            return allowed
+        finally:
+            await r1.aclose()
+            await r2.aclose()
+
+    for _ in range(3):
+        allowed = anyio.run(go)
+        if allowed is not None:
+            assert 100 - 5 <= allowed <= 100, allowed
+            return
+    raise AssertionError("could not run within one rate-limit window")
