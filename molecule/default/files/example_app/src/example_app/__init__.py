@@ -1,0 +1,1 @@
+"""A small user MCP server for the deployment tests."""

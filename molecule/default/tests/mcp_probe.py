@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""A real MCP client (the SDK's streamable HTTP client) for the tests: one session, printed as JSON.
+
+The tests copy this file into a host and run it with the deployed virtualenv's Python
+(/opt/mcpops/current/venv/bin/python), which has the SDK installed, so no client needs
+installing anywhere. It uses only the SDK and the standard library.
+
+    mcp_probe.py URL [--token T | --token-file F] [--ca CA.pem] [--host-header NAME]
+                 [--list] [--call NAME JSON_ARGS]... [--timeout S]
+
+One session runs initialize, then tools/list (with --list), then each --call in order. The output
+is one JSON object:
+
+    {"ok": true, "url": ..., "session_id": "...", "protocol_version": "...",
+     "server": {"name": ..., "version": ...}, "tools": ["..."],
+     "calls": [{"name": ..., "is_error": false, "structured": {...}, "text": "...",
+                "progress": [{"t": 0.12, "progress": 1.0, "total": 5.0}], "elapsed": 0.61}]}
+
+or {"ok": false, "error": "..."} with exit status 1 when the session fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import time
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+
+def _text(result: Any) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text")
+
+
+async def probe(args: argparse.Namespace) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    token = args.token
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if args.host_header:
+        headers["Host"] = args.host_header
+    verify: Any = ssl.create_default_context(cafile=args.ca) if args.ca else True
+    session_ids: list[str] = []
+
+    async def remember_session(response: httpx2.Response) -> None:
+        sid = response.headers.get("mcp-session-id")
+        if sid and sid not in session_ids:
+            session_ids.append(sid)
+
+    out: dict[str, Any] = {"ok": False, "url": args.url}
+    http = httpx2.AsyncClient(
+        verify=verify, headers=headers, timeout=args.timeout, event_hooks={"response": [remember_session]}
+    )
+    async with http, Client(streamable_http_client(args.url, http_client=http)) as client:
+        info = client.server_info
+        out["protocol_version"] = client.protocol_version
+        out["server"] = {"name": getattr(info, "name", None), "version": getattr(info, "version", None)}
+        if args.list:
+            tools = await client.list_tools()
+            out["tools"] = [t.name for t in tools.tools]
+        calls = []
+        for name, raw in args.call or []:
+            events: list[dict[str, Any]] = []
+            start = time.monotonic()
+
+            async def on_progress(progress: float, total: float | None, message: str | None, _s: float = start) -> None:
+                events.append({"t": round(time.monotonic() - _s, 4), "progress": progress, "total": total})
+
+            result = await client.call_tool(name, json.loads(raw), progress_callback=on_progress)
+            calls.append(
+                {
+                    "name": name,
+                    "is_error": bool(result.is_error),
+                    "structured": result.structured_content,
+                    "text": _text(result),
+                    "progress": events,
+                    "elapsed": round(time.monotonic() - start, 4),
+                }
+            )
+        out["calls"] = calls
+    out["session_id"] = session_ids[0] if session_ids else None
+    out["ok"] = True
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url")
+    p.add_argument("--token")
+    p.add_argument("--token-file")
+    p.add_argument("--ca", help="CA certificate file to verify an https URL against")
+    p.add_argument("--host-header", help="Host header to send (e.g. the public name when connecting by address)")
+    p.add_argument("--list", action="store_true", help="run tools/list")
+    p.add_argument("--call", nargs=2, action="append", metavar=("NAME", "JSON_ARGS"), help="tools/call, repeatable")
+    p.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args()
+    try:
+        out = asyncio.run(probe(args))
+    except BaseException as exc:  # noqa: BLE001 - the JSON says what failed; the exit status says it failed
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        detail = exc
+        while isinstance(detail, BaseExceptionGroup) and detail.exceptions:
+            detail = detail.exceptions[0]
+        print(json.dumps({"ok": False, "url": args.url, "error": f"{type(detail).__name__}: {detail}"}))
+        return 1
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
