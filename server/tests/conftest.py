@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -78,6 +80,11 @@ def fleet(workdir, redis_srv, redis_health, issuer) -> Iterator[Fleet]:
         "MCP_PUBLIC_HOSTS": PUBLIC_HOST,
         "RATE_LIMIT_PER_MINUTE": "10",
     }
+    ring = workdir / "request-state-keys"
+    ring.write_text(
+        base64.b64encode(os.urandom(32)).decode() + "\n" + base64.b64encode(os.urandom(48)).decode() + "\n"
+    )
+    pair_env["MCP_REQUEST_STATE_KEYS_FILE"] = str(ring)
     f.ra = ServerProc("ra", workdir / "ra", {**pair_env, "MCP_INSTANCE_ID": "ia"})
     f.rb = ServerProc("rb", workdir / "rb", {**pair_env, "MCP_INSTANCE_ID": "ib"})
     jwks = issuer.write_jwks(workdir / "pinned-jwks.json")
@@ -85,6 +92,7 @@ def fleet(workdir, redis_srv, redis_health, issuer) -> Iterator[Fleet]:
     f.app.env.update(
         {
             "MCP_APP": "mcpops_example.app:mcp",
+            "MCP_STATELESS": "true",
             "REDIS_URL": redis_srv.url,
             "REDIS_KEY_PREFIX": "t-app:",
             "AUTH_ISSUER_URL": issuer.url,

@@ -62,6 +62,26 @@ def test_user_app_gets_the_same_treatment(fleet, issuer):
     assert httpx2.get(s.base + "/health").json()["checks"]["auth_server"] == "ok"
     m = httpx2.get(s.base + "/metrics").text
     assert s.metric(m, "mcp_tool_calls_total", endpoint="/mcp", tool_name="shout", result="success") >= 1
+    # stateless mode: no session ids at all
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+    r = httpx2.post(
+        s.mcp_url,
+        json=init,
+        headers={
+            "Authorization": f"Bearer {issuer.token(s.mcp_url)}",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
+    assert r.status_code == 200 and "mcp-session-id" not in r.headers
     # host validation applies too
     tok = issuer.token(s.mcp_url)
     bad = httpx2.post(

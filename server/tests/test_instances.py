@@ -63,6 +63,13 @@ class AffinityRouter(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def test_shared_request_state_key_ring_is_loaded(fleet):
+    for server in (fleet.ra, fleet.rb):
+        ready = [x for x in server.log_lines() if x.get("event") == "ready"]
+        assert ready and ready[0]["settings"]["request_state_keys"] == 2
+        assert ready[0]["settings"]["instance_id"] in ("ia", "ib")
+
+
 def test_sessions_are_routed_to_their_owning_instance(fleet, issuer):
     router = AffinityRouter({"ia": fleet.ra.port, "ib": fleet.rb.port})
 
