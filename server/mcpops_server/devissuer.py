@@ -56,15 +56,15 @@ def _write_if_changed(path: Path, text: str, mode: int) -> bool:
     return True
 
 
-def init(directory: str, issuer: str | None = None) -> bool:
-    """Create the key pair and JWKS. Returns whether anything changed."""
+def init(directory: str, issuer: str | None = None) -> list[str]:
+    """Create the key pair and JWKS. Returns the files created or rewritten (empty: nothing changed)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     key_path = d / "private_key.pem"
-    changed = False
+    changed: list[str] = []
     if key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     else:
@@ -72,13 +72,16 @@ def init(directory: str, issuer: str | None = None) -> bool:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
-        changed |= _write_if_changed(key_path, pem, 0o600)
+        if _write_if_changed(key_path, pem, 0o600):
+            changed.append(str(key_path))
     jwks = json.dumps({"keys": [public_jwk(key)]}, indent=2, sort_keys=True) + "\n"
-    changed |= _write_if_changed(d / "jwks.json", jwks, 0o644)
+    if _write_if_changed(d / "jwks.json", jwks, 0o644):
+        changed.append(str(d / "jwks.json"))
     iss_path = d / "issuer.json"
     if issuer is not None or not iss_path.exists():
         doc = json.dumps({"issuer": issuer or DEFAULT_ISSUER}) + "\n"
-        changed |= _write_if_changed(iss_path, doc, 0o644)
+        if _write_if_changed(iss_path, doc, 0o644):
+            changed.append(str(iss_path))
     return changed
 
 
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "init":
         changed = init(args.dir, args.iss)
-        print(f"changed={'true' if changed else 'false'} jwks={Path(args.dir) / 'jwks.json'}")
+        for path in changed:
+            print(f"created {path}")
+        flag = "true" if changed else "false"
+        print(f"changed={flag} jwks={Path(args.dir) / 'jwks.json'} issuer={issuer_of(args.dir)}")
         return 0
     if not (Path(args.dir) / "private_key.pem").exists():
         print(f"devissuer: {args.dir} has no private_key.pem; run init first", file=sys.stderr)
