@@ -27,6 +27,7 @@ import json
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -38,12 +39,16 @@ def _text(result: Any) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text")
 
 
+def _recorder(events: list[dict[str, Any]], start: float) -> Any:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        events.append({"t": round(time.monotonic() - start, 4), "progress": progress, "total": total})
+
+    return on_progress
+
+
 async def probe(args: argparse.Namespace) -> dict[str, Any]:
     headers: dict[str, str] = {}
     token = args.token
-    if args.token_file:
-        with open(args.token_file, encoding="utf-8") as f:
-            token = f.read().strip()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if args.host_header:
@@ -71,11 +76,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
         for name, raw in args.call or []:
             events: list[dict[str, Any]] = []
             start = time.monotonic()
-
-            async def on_progress(progress: float, total: float | None, message: str | None, _s: float = start) -> None:
-                events.append({"t": round(time.monotonic() - _s, 4), "progress": progress, "total": total})
-
-            result = await client.call_tool(name, json.loads(raw), progress_callback=on_progress)
+            result = await client.call_tool(name, json.loads(raw), progress_callback=_recorder(events, start))
             calls.append(
                 {
                     "name": name,
@@ -98,14 +99,16 @@ def main() -> int:
     p.add_argument("--token")
     p.add_argument("--token-file")
     p.add_argument("--ca", help="CA certificate file to verify an https URL against")
-    p.add_argument("--host-header", help="Host header to send (e.g. the public name when connecting by address)")
+    p.add_argument("--host-header", help="Host header to send (the public name when connecting by address)")
     p.add_argument("--list", action="store_true", help="run tools/list")
-    p.add_argument("--call", nargs=2, action="append", metavar=("NAME", "JSON_ARGS"), help="tools/call, repeatable")
+    p.add_argument("--call", nargs=2, action="append", metavar=("NAME", "JSON"), help="tools/call (repeat)")
     p.add_argument("--timeout", type=float, default=30.0)
     args = p.parse_args()
+    if args.token_file:
+        args.token = Path(args.token_file).read_text(encoding="utf-8").strip()
     try:
         out = asyncio.run(probe(args))
-    except BaseException as exc:  # noqa: BLE001 - the JSON says what failed; the exit status says it failed
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         detail = exc
