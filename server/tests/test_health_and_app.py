@@ -32,6 +32,21 @@ def test_health_503_while_redis_is_down_and_200_after(fleet, redis_health):
         assert body["status"] == "unhealthy"
         assert body["checks"]["redis"].startswith("error")
         assert "timestamp" in body
+
+        # Rate limiting with Redis gone: allowed by default, counted, logged.
+        def redis_errors() -> float:
+            text = httpx2.get(s.base + "/metrics").text
+            return s.metric(text, "mcp_ratelimit_redis_errors_total", action="allow")
+
+        before = redis_errors()
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        for _ in range(40):  # the instance may still hold counts reserved earlier in this minute
+            r = httpx2.post(s.mcp_url, json=ping, headers={"Accept": "application/json, text/event-stream"})
+            assert r.status_code != 429
+            if redis_errors() > before:
+                break
+        assert redis_errors() > before
+        assert "rate limit check failed, allowing requests while Redis is unreachable" in s.log_text()
     finally:
         redis_health.start()
 
