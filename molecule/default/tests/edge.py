@@ -41,7 +41,9 @@ def docker_network(host) -> tuple[str, str]:
     return name, net["IPAddress"]
 
 
-def curl(address: str, path: str, *extra: str, port: int = 443, scheme: str = "https") -> tuple[int, dict, str]:
+def curl(
+    address: str, path: str, *extra: str, port: int = 443, scheme: str = "https"
+) -> tuple[int, dict, str]:
     """GET through nginx from the controller: (status, lower-cased headers, body).
 
     HTTPS connects to the container's address but verifies the certificate for the public name

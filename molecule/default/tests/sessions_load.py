@@ -6,10 +6,14 @@ Copied into a host and run with the deployed virtualenv's Python, like mcp_probe
     sessions_load.py URL --token-file F [--ca CA] [--host-header H] [--user-agent UA]
                      [--sessions 50] [--calls 5] [--concurrency 10]
 
-Each session initializes, then runs `slow_count` (n=1) --calls times. Tokens are taken round-robin
-from the lines of --token-file (one subject each, so the server's per-principal rate limit is not
-what the test measures). Prints one JSON object: sessions, ok, failed, first errors, and how many
-sessions each route id (the session id's prefix) owned.
+Each session uses the SDK's ClientSession, which speaks the session-based protocol revision
+(2025-06-18: the server mints an `Mcp-Session-Id` and keeps the session in that instance's memory),
+the case nginx's affinity exists for; the newer sessionless revision that `mcp.Client` negotiates
+can be served by any instance. Each session initializes, then runs `slow_count` (n=1) --calls
+times. Tokens are taken round-robin from the lines of --token-file (one subject each, so the
+server's per-principal rate limit is not what the test measures). Prints one JSON object:
+sessions, ok, failed, first errors, and how many sessions each route id (the session id's prefix)
+owned.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from mcp import Client
+from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 
@@ -39,14 +43,21 @@ async def one_session(i: int, args: argparse.Namespace, tokens: list[str], verif
             seen.append(sid)
 
     errors: list[str] = []
-    http = httpx2.AsyncClient(verify=verify, headers=headers, timeout=30, event_hooks={"response": [remember]})
+    http = httpx2.AsyncClient(
+        verify=verify, headers=headers, timeout=30, event_hooks={"response": [remember]}
+    )
     try:
-        async with http, Client(streamable_http_client(args.url, http_client=http)) as client:
+        async with (
+            http,
+            streamable_http_client(args.url, http_client=http) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
             for _ in range(args.calls):
                 result = await client.call_tool("slow_count", {"n": 1, "interval_ms": 0})
                 if result.is_error:
                     errors.append(f"tool error: {result.content}")
-    except BaseException as exc:  # noqa: BLE001 - every failure of a session is a result here
+    except BaseException as exc:  # every failure of a session is a result here
         detail = exc
         while isinstance(detail, BaseExceptionGroup) and detail.exceptions:
             detail = detail.exceptions[0]
@@ -54,8 +65,7 @@ async def one_session(i: int, args: argparse.Namespace, tokens: list[str], verif
     return {"session_ids": seen, "errors": errors}
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    tokens = [t for t in Path(args.token_file).read_text(encoding="utf-8").split() if t]
+async def main(args: argparse.Namespace, tokens: list[str]) -> dict[str, Any]:
     verify: Any = ssl.create_default_context(cafile=args.ca) if args.ca else True
     gate = asyncio.Semaphore(args.concurrency)
 
@@ -85,4 +95,6 @@ if __name__ == "__main__":
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=10)
-    print(json.dumps(asyncio.run(main(p.parse_args()))))
+    parsed = p.parse_args()
+    lines = [t for t in Path(parsed.token_file).read_text(encoding="utf-8").split() if t]
+    print(json.dumps(asyncio.run(main(parsed, lines))))
