@@ -104,6 +104,8 @@ class Issuer:
         self.ec_key = ec.generate_private_key(ec.SECP256R1())
         self.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.rogue_key = ec.generate_private_key(ec.SECP256R1())  # never published
+        self.extra_keys: list[tuple[str, Any]] = []  # (kid, EC private key) published after a rotation
+        self.oidc_only = False  # serve only OpenID Connect discovery (path-appended form)
         self.jwks_hits = 0
         self.meta_hits = 0
         self._server: ThreadingHTTPServer | None = None
@@ -113,7 +115,12 @@ class Issuer:
         ec_jwk.update(kid="ec1", use="sig", alg="ES256")
         rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa_key.public_key()))
         rsa_jwk.update(kid="rsa1", use="sig")
-        return {"keys": [ec_jwk, rsa_jwk]}
+        keys = [ec_jwk, rsa_jwk]
+        for kid, k in self.extra_keys:
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(k.public_key()))
+            jwk.update(kid=kid, use="sig")
+            keys.append(jwk)
+        return {"keys": keys}
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -132,7 +139,12 @@ class Issuer:
                 pass
 
             def do_GET(self) -> None:
-                if self.path == "/.well-known/oauth-authorization-server":
+                meta_path = (
+                    "/.well-known/openid-configuration"
+                    if issuer.oidc_only
+                    else "/.well-known/oauth-authorization-server"
+                )
+                if self.path == meta_path:
                     issuer.meta_hits += 1
                     body = json.dumps(issuer.metadata()).encode()
                 elif self.path == "/jwks.json":
