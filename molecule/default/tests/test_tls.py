@@ -19,7 +19,7 @@ def address(host) -> str:
 def s_client(address: str, *args: str, name: str = PUBLIC_NAME) -> subprocess.CompletedProcess:
     argv = ["openssl", "s_client", "-connect", f"{address}:443", "-servername", name]
     argv += ["-CAfile", str(CA_CERT), "-verify_hostname", name, "-verify_return_error", *args]
-    return subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
+    return subprocess.run(argv, input="", capture_output=True, text=True, errors="replace", timeout=30)
 
 
 def test_ca_certificate_was_fetched_to_the_controller():
