@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -278,3 +279,62 @@ def test_user_package_deploys_and_answers_tools_list(app_host, token):
     assert out["calls"][0]["structured"]["result"] == "spopcm", out["calls"]
     pkgs = app_host.check_output("/opt/mcpops/current/venv/bin/python -m pip list --format=json")
     assert "example-app" in {p["name"] for p in json.loads(pkgs)}
+
+
+# --------------------------------------------------------------------------------------------
+# Rolling, health-gated restarts: a host with two or more instances never stops answering.
+# --------------------------------------------------------------------------------------------
+
+_WATCH_PY = """
+import json, sys, time, urllib.request
+ports, stop, out = [int(p) for p in sys.argv[1].split(",")], sys.argv[2], sys.argv[3]
+ticks = gaps = 0
+longest = run = 0.0
+while True:
+    t0 = time.monotonic()
+    up = 0
+    for p in ports:
+        try:
+            up += urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=1).status == 200
+        except Exception:
+            pass
+    ticks += 1
+    if up == 0:
+        gaps += 1
+        run += time.monotonic() - t0
+        longest = max(longest, run)
+    else:
+        run = 0.0
+    try:
+        open(stop).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+json.dump({"ticks": ticks, "gaps": gaps, "longest_gap_s": round(longest, 3)}, open(out, "w"))
+"""
+
+
+def test_rolling_restart_keeps_answering(host, ports, site_inventory):
+    if len(ports) < 2:
+        pytest.skip("needs two or more instances")
+    stop, out = "/run/mcpops-watch.stop", "/run/mcpops-watch.json"
+    host.run(f"rm -f {stop} {out}")
+    pids = {p: main_pid(host, unit(p)) for p in ports}
+    watch = shlex.join(["python3", "-c", _WATCH_PY, ",".join(map(str, ports)), stop, out])
+    host.run_expect([0], f"nohup {watch} >/dev/null 2>&1 &")
+    playbook = REPO / "molecule" / "default" / "mcp_server_only.yml"
+    try:
+        marker = json.dumps({"mcp_server_extra_env": {"MCPOPS_ROLLING_TEST": str(time.time_ns())}})
+        changed = run_playbook(playbook, site_inventory, "-e", marker, timeout=900)
+        assert changed.returncode == 0, (changed.stdout + changed.stderr)[-4000:]
+        restarted = {p: main_pid(host, unit(p)) for p in ports}
+        # Back to the inventory's settings: a second rolling restart, watched too.
+        restored = run_playbook(playbook, site_inventory, timeout=900)
+        assert restored.returncode == 0, (restored.stdout + restored.stderr)[-4000:]
+    finally:
+        host.run(f"touch {stop}")
+    summary = wait_until(lambda: host.file(out).exists and host.file(out).content_string, timeout=10)
+    result = json.loads(summary)
+    assert all(restarted[p] not in (0, pids[p]) for p in ports), f"not all restarted: {pids} {restarted}"
+    assert result["ticks"] > 50, result
+    assert result["gaps"] == 0, f"no instance answered for a while during the rolling restart: {result}"
