@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 
 import pytest
@@ -75,3 +77,27 @@ def test_plain_http_only_redirects(address):
     status, headers, _ = curl(address, "/mcp?x=1", port=80, scheme="http")
     assert status == 301, headers
     assert headers["location"] == [f"https://{PUBLIC_NAME}/mcp?x=1"], headers
+
+
+TESTSSL = shutil.which("testssl") or shutil.which("testssl.sh")
+# The lab CA publishes no CRL or OCSP responder: a CA that exists only on the controller has no
+# one to revoke for. That finding is about the lab CA, not about this configuration.
+LAB_CA_ONLY = {"cert_revocation"}
+
+
+@pytest.mark.skipif(
+    TESTSSL is None, reason="testssl.sh is not installed on the controller (apt install testssl.sh)"
+)
+def test_scan_finds_nothing_medium_or_worse(address, tmp_path):
+    report = tmp_path / "testssl.json"
+    argv = [TESTSSL, "--quiet", "--color", "0", "--warnings", "off", "--ip", address]
+    argv += ["--add-ca", str(CA_CERT), "--jsonfile", str(report), f"https://{PUBLIC_NAME}/"]
+    res = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=900)
+    assert report.exists(), res.stdout[-3000:] + res.stderr[-2000:]
+    findings = json.loads(report.read_text())
+    bad = [
+        f"{f['severity']} {f['id']}: {f['finding']}"
+        for f in findings
+        if f["severity"] in ("MEDIUM", "HIGH", "CRITICAL") and f["id"] not in LAB_CA_ONLY
+    ]
+    assert findings and not bad, "\n".join(bad)
