@@ -77,6 +77,9 @@ def test_plain_http_only_redirects(address):
     status, headers, _ = curl(address, "/mcp?x=1", port=80, scheme="http")
     assert status == 301, headers
     assert headers["location"] == [f"https://{PUBLIC_NAME}/mcp?x=1"], headers
+    # The redirect is a response too: the same security headers as on HTTPS.
+    assert headers.get("x-content-type-options") == ["nosniff"], headers
+    assert headers.get("cache-control") == ["no-store"], headers
 
 
 TESTSSL = shutil.which("testssl") or shutil.which("testssl.sh")
