@@ -247,3 +247,23 @@ def test_config_failing_nginx_t_never_replaces_the_running_one(host, address):
     assert config_fingerprint(host) == before, "nginx.conf was replaced or nginx restarted"
     assert "mcpops_not_a_directive" not in host.file("/etc/nginx/nginx.conf").content_string
     assert curl(address, "/health")[0] == 200
+
+
+def test_edge_rate_limit_answers_429(host, address):
+    site = REPO / "playbooks/site.yml"
+    tight = ["--tags", "nginx_configure", "-e", "nginx_limit_req_rate=1r/s", "-e", "nginx_limit_req_burst=0"]
+    try:
+        res = run_playbook(site, inventory(), *tight, timeout=600)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        answers = [
+            curl(address, "/mcp", "-X", "POST", "-H", "Content-Type: application/json", "-d", "{}")
+            for _ in range(5)
+        ]
+        statuses = [status for status, _, _ in answers]
+        # The first request reaches the app (401: no token); the rest, within a second, are cut at the edge.
+        assert statuses[0] == 401 and statuses.count(429) >= 3, statuses
+        assert_security_headers(answers[statuses.index(429)][1], "POST /mcp over the limit (429)")
+    finally:
+        res = run_playbook(site, inventory(), "--tags", "nginx_configure", timeout=600)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "rate=1r/s" not in host.file("/etc/nginx/nginx.conf").content_string
