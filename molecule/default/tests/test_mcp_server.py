@@ -210,6 +210,7 @@ def site_inventory(host) -> Path:
     ],
     ids=["duplicate-ports", "malformed-app"],
 )
+@pytest.mark.timeout(900)
 def test_bad_variable_fails_in_preflight_and_keeps_serving(host, ports, site_inventory, extra, expected):
     pids = {p: main_pid(host, unit(p)) for p in ports}
     config_before = host.file("/etc/mcpops/config.yaml").sha256sum
@@ -264,6 +265,7 @@ def app_host(host):
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 
 
+@pytest.mark.timeout(1800)  # the fixture converges a fresh host (Redis, wheelhouse, venv)
 def test_user_package_deploys_and_answers_tools_list(app_host, token):
     wait_healthy(app_host, 8000)
     out = probe(
@@ -314,6 +316,7 @@ json.dump({"ticks": ticks, "gaps": gaps, "longest_gap_s": round(longest, 3)}, op
 """
 
 
+@pytest.mark.timeout(1800)  # two converges of the role on a shared 2-core machine
 def test_rolling_restart_keeps_answering(host, ports, site_inventory):
     if len(ports) < 2:
         pytest.skip("needs two or more instances")
