@@ -10,19 +10,27 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
-from conftest import LAB_DIR, PUBLIC_NAME, container_name
+from conftest import LAB_DIR, PUBLIC_NAME, REPO, container_name
 
 CA_CERT = LAB_DIR / "ca" / "ca.crt"
 CLIENT_IMAGE = os.environ.get("MCPOPS_CLIENT_IMAGE", "mcpops/debian12:latest")
 
 
-def inventory() -> Path:
-    """The inventory the scenario converged with (molecule's), for re-running playbooks."""
+def inventory(host) -> Path:
+    """The inventory to re-run playbooks with: molecule's when it says so, else one like it (this
+    container in every group, the lab's group_vars)."""
     path = os.environ.get("MOLECULE_INVENTORY_FILE") or os.environ.get("MCPOPS_TEST_INVENTORY")
-    assert path, "MOLECULE_INVENTORY_FILE (or MCPOPS_TEST_INVENTORY) must name the scenario's inventory"
-    return Path(path)
+    if path and Path(path).exists():
+        return Path(path)
+    d = Path(tempfile.mkdtemp(prefix="mcpops-edge-inv-"))
+    groups = {g: {"hosts": {container_name(host): None}} for g in ("mcp_servers", "mcp_lb", "redis")}
+    inv = {"all": {"children": groups, "vars": {"ansible_connection": "community.docker.docker"}}}
+    (d / "hosts.yml").write_text(json.dumps(inv))
+    (d / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
+    return d / "hosts.yml"
 
 
 def docker_network(host) -> tuple[str, str]:

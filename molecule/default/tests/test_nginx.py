@@ -162,6 +162,7 @@ def load(edge, tmp_tokens: int = 5, **opts) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(600)
 def test_sessions_stick_to_their_instance(edge):
     ports = instances(edge)
     if len(ports) < 2:
@@ -179,6 +180,7 @@ def test_sessions_stick_to_their_instance(edge):
     assert not wrong, wrong[:5]
 
 
+@pytest.mark.timeout(600)
 def test_new_sessions_succeed_with_one_instance_killed(edge):
     ports = instances(edge)
     if len(ports) < 2:
@@ -217,9 +219,10 @@ def config_fingerprint(host) -> tuple[str, str]:
     ],
     ids=["missing-certificate", "invalid-port"],
 )
+@pytest.mark.timeout(900)
 def test_bad_variable_fails_in_preflight_and_nginx_keeps_serving(host, address, extra, expected):
     before = config_fingerprint(host)
-    res = run_playbook(REPO / "playbooks/site.yml", inventory(), *extra, timeout=600)
+    res = run_playbook(REPO / "playbooks/site.yml", inventory(host), *extra, timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
     for text in expected:
@@ -230,11 +233,12 @@ def test_bad_variable_fails_in_preflight_and_nginx_keeps_serving(host, address, 
     assert curl(address, "/health")[0] == 200
 
 
+@pytest.mark.timeout(900)
 def test_config_failing_nginx_t_never_replaces_the_running_one(host, address):
     before = config_fingerprint(host)
     res = run_playbook(
         REPO / "playbooks/site.yml",
-        inventory(),
+        inventory(host),
         "--tags",
         "nginx_configure",
         "-e",
@@ -249,11 +253,12 @@ def test_config_failing_nginx_t_never_replaces_the_running_one(host, address):
     assert curl(address, "/health")[0] == 200
 
 
+@pytest.mark.timeout(1200)  # two runs of the site playbook's nginx tasks
 def test_edge_rate_limit_answers_429(host, address):
     site = REPO / "playbooks/site.yml"
     tight = ["--tags", "nginx_configure", "-e", "nginx_limit_req_rate=1r/s", "-e", "nginx_limit_req_burst=0"]
     try:
-        res = run_playbook(site, inventory(), *tight, timeout=600)
+        res = run_playbook(site, inventory(host), *tight, timeout=600)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         answers = [
             curl(address, "/mcp", "-X", "POST", "-H", "Content-Type: application/json", "-d", "{}")
@@ -264,6 +269,6 @@ def test_edge_rate_limit_answers_429(host, address):
         assert statuses[0] == 401 and statuses.count(429) >= 3, statuses
         assert_security_headers(answers[statuses.index(429)][1], "POST /mcp over the limit (429)")
     finally:
-        res = run_playbook(site, inventory(), "--tags", "nginx_configure", timeout=600)
+        res = run_playbook(site, inventory(host), "--tags", "nginx_configure", timeout=600)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "rate=1r/s" not in host.file("/etc/nginx/nginx.conf").content_string

@@ -91,6 +91,7 @@ LAB_CA_ONLY = {"cert_revocation"}
 @pytest.mark.skipif(
     TESTSSL is None, reason="testssl.sh is not installed on the controller (apt install testssl.sh)"
 )
+@pytest.mark.timeout(1200)  # a full testssl.sh run takes a minute or two
 def test_scan_finds_nothing_medium_or_worse(address, tmp_path):
     report = tmp_path / "testssl.json"
     argv = [TESTSSL, "--quiet", "--color", "0", "--warnings", "off", "--ip", address]
