@@ -37,7 +37,12 @@ async def main(args: argparse.Namespace) -> int:
     print(f"tools/list through {args.url}: {len(tools.tools)} tools")
     for tool in tools.tools:
         print(f"  - {tool.name}: {(tool.description or '').splitlines()[0]}")
-    print("tools/call notes_add:", json.dumps([c.model_dump(mode="json") for c in added.content])[:300])
+    text = "".join(getattr(c, "text", "") for c in added.content)
+    try:
+        note = json.loads(text)
+        print(f"tools/call notes_add: stored note {note['id']} ({note['title']!r}) in Redis")
+    except (ValueError, KeyError, TypeError):
+        print(f"tools/call notes_add: {text[:300]}")
     return 1 if added.is_error else 0
 
 

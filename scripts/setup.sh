@@ -19,7 +19,7 @@ avail_kb=$(df -Pk "$ROOT" | awk 'NR==2 {print $4}')
 
 # --- 1. Debian packages on the controller -------------------------------------------------
 need_pkgs=()
-for pair in dockerd:docker.io debootstrap:debootstrap redis-server:redis-server openssl:openssl; do
+for pair in dockerd:docker.io debootstrap:debootstrap redis-server:redis-server openssl:openssl testssl:testssl.sh; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_pkgs+=("${pair#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
