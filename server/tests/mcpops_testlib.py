@@ -30,6 +30,21 @@ PYTHON = sys.executable
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+# A raw JSON-RPC initialize, for tests that speak HTTP below the SDK's client
+# (session headers, status codes); the 2025-06-18 protocol still uses Mcp-Session-Id.
+INIT_REQUEST = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,24 +7,14 @@ import time
 import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST
 
 
 def _call(server, token: str | None):
-    headers = {"Accept": "application/json, text/event-stream"}
+    headers = {"Accept": ACCEPT_BOTH}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx2.post(server.mcp_url, json=INIT, headers=headers)
+    return httpx2.post(server.mcp_url, json=INIT_REQUEST, headers=headers)
 
 
 def _bad_tokens(issuer, aud):

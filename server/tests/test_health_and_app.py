@@ -9,7 +9,7 @@ import uuid
 import anyio
 import httpx2
 from conftest import mcp_session
-from mcpops_testlib import PYTHON, wait_for
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, PYTHON, wait_for
 
 
 def test_health_503_while_redis_is_down_and_200_after(fleet, redis_health):
@@ -41,7 +41,7 @@ def test_health_503_while_redis_is_down_and_200_after(fleet, redis_health):
         before = redis_errors()
         ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
         for _ in range(40):  # the instance may still hold counts reserved earlier in this minute
-            r = httpx2.post(s.mcp_url, json=ping, headers={"Accept": "application/json, text/event-stream"})
+            r = httpx2.post(s.mcp_url, json=ping, headers={"Accept": ACCEPT_BOTH})
             assert r.status_code != 429
             if redis_errors() > before:
                 break
@@ -78,22 +78,12 @@ def test_user_app_gets_the_same_treatment(fleet, issuer):
     m = httpx2.get(s.base + "/metrics").text
     assert s.metric(m, "mcp_tool_calls_total", endpoint="/mcp", tool_name="shout", result="success") >= 1
     # stateless mode: no session ids at all
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        },
-    }
     r = httpx2.post(
         s.mcp_url,
-        json=init,
+        json=INIT_REQUEST,
         headers={
             "Authorization": f"Bearer {issuer.token(s.mcp_url)}",
-            "Accept": "application/json, text/event-stream",
+            "Accept": ACCEPT_BOTH,
         },
     )
     assert r.status_code == 200 and "mcp-session-id" not in r.headers

@@ -9,6 +9,7 @@ import uuid
 import anyio
 import httpx2
 from conftest import PUBLIC_HOST, mcp_session
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST
 
 AUD = f"https://{PUBLIC_HOST}/mcp"
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
@@ -19,7 +20,7 @@ def test_rate_limit_counts_across_two_instances(fleet, issuer):
     for _attempt in range(3):
         window = int(time.time() // 60)
         tok = issuer.token(AUD, sub="rl-" + uuid.uuid4().hex)
-        headers = {"Authorization": f"Bearer {tok}", "Accept": "application/json, text/event-stream"}
+        headers = {"Authorization": f"Bearer {tok}", "Accept": ACCEPT_BOTH}
         codes = []
         retry_after = None
         for server in itertools.islice(itertools.cycle([fleet.ra, fleet.rb]), 12):
@@ -94,18 +95,8 @@ def test_sessions_are_routed_to_their_owning_instance(fleet, issuer):
 
     # Without affinity a follow-up request on the other instance is lost: the id is unknown there.
     tok = issuer.token(AUD, sub="route-neg-" + uuid.uuid4().hex)
-    headers = {"Authorization": f"Bearer {tok}", "Accept": "application/json, text/event-stream"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        },
-    }
-    r = httpx2.post(fleet.ra.mcp_url, json=init, headers=headers)
+    headers = {"Authorization": f"Bearer {tok}", "Accept": ACCEPT_BOTH}
+    r = httpx2.post(fleet.ra.mcp_url, json=INIT_REQUEST, headers=headers)
     sid = r.headers["mcp-session-id"]
     assert sid.startswith("ia.")
     lost = httpx2.post(fleet.rb.mcp_url, json=PING, headers={**headers, "Mcp-Session-Id": sid})

@@ -9,7 +9,7 @@ import uuid
 import anyio
 import httpx2
 from conftest import mcp_session
-from mcpops_testlib import wait_for
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, wait_for
 
 
 def test_tools_list_and_call(fleet, issuer):
@@ -80,17 +80,8 @@ def test_session_ids_carry_the_instance_id(fleet, issuer):
     tok = issuer.token(s.mcp_url)
     r = httpx2.post(
         s.mcp_url,
-        headers={"Authorization": f"Bearer {tok}", "Accept": "application/json, text/event-stream"},
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        },
+        headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT_BOTH},
+        json=INIT_REQUEST,
     )
     assert r.status_code == 200, r.text
     sid = r.headers["mcp-session-id"]
@@ -104,7 +95,7 @@ def _post(url, body, tok, **headers):
         content=body,
         headers={
             "Authorization": f"Bearer {tok}",
-            "Accept": "application/json, text/event-stream",
+            "Accept": ACCEPT_BOTH,
             "Content-Type": "application/json",
             **headers,
         },
@@ -138,7 +129,7 @@ def test_body_over_the_limit_gets_413(fleet, issuer):
         content=chunks(),
         headers={
             "Authorization": f"Bearer {tok}",
-            "Accept": "application/json, text/event-stream",
+            "Accept": ACCEPT_BOTH,
             "Content-Type": "application/json",
         },
     )

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import httpx2
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
-ACCEPT = "application/json, text/event-stream"
+from mcpops_testlib import ACCEPT_BOTH as ACCEPT
+from mcpops_testlib import INIT_REQUEST
 
 
 def test_bad_host_gets_421(fleet, issuer):
@@ -22,7 +12,7 @@ def test_bad_host_gets_421(fleet, issuer):
     tok = issuer.token(s.mcp_url)
     r = httpx2.post(
         s.mcp_url,
-        json=INIT,
+        json=INIT_REQUEST,
         headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Host": "evil.example"},
     )
     assert r.status_code == 421
@@ -33,7 +23,9 @@ def test_public_host_is_accepted(fleet, issuer):
     tok = issuer.token("https://mcp.test/mcp")
     for host in ("mcp.test", "mcp.test:443", "localhost:1234"):
         r = httpx2.post(
-            s.mcp_url, json=INIT, headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Host": host}
+            s.mcp_url,
+            json=INIT_REQUEST,
+            headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Host": host},
         )
         assert r.status_code == 200, (host, r.status_code, r.text)
 
@@ -43,7 +35,7 @@ def test_foreign_origin_gets_403(fleet, issuer):
     tok = issuer.token(s.mcp_url)
     r = httpx2.post(
         s.mcp_url,
-        json=INIT,
+        json=INIT_REQUEST,
         headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Origin": "https://evil.example"},
     )
     assert r.status_code == 403
@@ -66,7 +58,7 @@ def test_cors_for_an_allowed_origin(fleet, issuer):
     tok = issuer.token(s.mcp_url)
     r = httpx2.post(
         s.mcp_url,
-        json=INIT,
+        json=INIT_REQUEST,
         headers={"Authorization": f"Bearer {tok}", "Accept": ACCEPT, "Origin": "https://app.example"},
     )
     assert r.status_code == 200
@@ -74,7 +66,7 @@ def test_cors_for_an_allowed_origin(fleet, issuer):
     exposed = r.headers["access-control-expose-headers"].lower()
     assert "mcp-session-id" in exposed and "www-authenticate" in exposed
     # a 401 is readable by the browser client too (it needs WWW-Authenticate to start OAuth)
-    r = httpx2.post(s.mcp_url, json=INIT, headers={"Accept": ACCEPT, "Origin": "https://app.example"})
+    r = httpx2.post(s.mcp_url, json=INIT_REQUEST, headers={"Accept": ACCEPT, "Origin": "https://app.example"})
     assert r.status_code == 401
     assert r.headers["access-control-allow-origin"] == "https://app.example"
     bad = httpx2.options(
