@@ -33,18 +33,37 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+# Part of every release id: bump it when the wheelhouse's layout or selection rules change, so
+# cached wheelhouses built by older rules are never reused.
+FORMAT = b"wheelhouse-2\n"
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can carry
 IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", ".cache", ".lab", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    ".ruff_cache", ".mypy_cache", "node_modules", "molecule", "tests", ".molecule", "*.tar.gz",
+    ".git",
+    ".venv",
+    ".cache",
+    ".lab",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "node_modules",
+    "molecule",
+    "tests",
+    ".molecule",
+    "*.tar.gz",
 )
 
 
 def run(cmd: list[str], **kw) -> str:
     env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
+    # S603: the argv is built here from the role's own options and never passes through a shell.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)  # noqa: S603
     if proc.returncode != 0:
-        sys.stderr.write(f"wheelhouse: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}\n")
+        why = proc.stderr[-4000:]
+        sys.stderr.write(f"wheelhouse: command failed ({proc.returncode}): {' '.join(cmd)}\n{why}\n")
         sys.exit(1)
     return proc.stdout
 
@@ -59,7 +78,7 @@ def uv_command() -> list[str]:
 def build_project(src: Path, out: Path, scratch: Path) -> None:
     copy = scratch / f"src-{len(list(scratch.iterdir()))}"
     shutil.copytree(src, copy, ignore=IGNORE, symlinks=False)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q", "-w", str(out), str(copy)])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(out), str(copy)])
 
 
 def wheel_name_version(path: Path) -> tuple[str, str]:
@@ -100,7 +119,7 @@ def main() -> int:
     p.add_argument("--source", required=True, type=Path)
     p.add_argument("--package", action="append", default=[])
     p.add_argument("--index-url", default="")
-    p.add_argument("--local-only", action="store_true", help="third-party wheels come from the index on the host")
+    p.add_argument("--local-only", action="store_true", help="hosts get third-party wheels from the index")
     a = p.parse_args()
 
     pyver = a.python_version
@@ -131,19 +150,35 @@ def main() -> int:
         if not server:
             sys.stderr.write(f"wheelhouse: {a.source} did not give an mcpops-server wheel\n")
             return 2
-        pins = [f"{n}=={v}" for n, v in map(wheel_name_version, local_wheels)]
+        local_versions = dict(map(wheel_name_version, local_wheels))
+        pins = [f"{n}=={v}" for n, v in local_versions.items()]
+        # Local packages are referenced by file, so the resolver can never take a same-named
+        # package from the index instead (dependency confusion; "example-app" exists on PyPI).
+        direct = [f"{wheel_name_version(w)[0]} @ {w.resolve().as_uri()}" for w in local_wheels]
         req_in = work / "requirements.in"
-        req_in.write_text("\n".join(pins + requirements) + "\n")
+        req_in.write_text("\n".join(direct + requirements) + "\n")
         lock = work / "lock.txt"
         index = ["--index-url", a.index_url] if a.index_url else []
-        run(
-            uv_command()
-            + ["pip", "compile", "--quiet", "--no-header", "--no-annotate", "--python-version", pyver]
-            + ["--python-platform", f"{a.arch}-manylinux_{a.manylinux}", "--find-links", str(local)]
-            + index
-            + ["-o", str(lock), str(req_in)]
-        )
-        digest = hashlib.sha256(lock.read_bytes())
+        compile_args = ["pip", "compile", "--quiet", "--no-header", "--no-annotate"]
+        compile_args += ["--python-version", pyver]
+        compile_args += ["--python-platform", f"{a.arch}-manylinux_{a.manylinux}", "--find-links", str(local)]
+        run([*uv_command(), *compile_args, *index, "-o", str(lock), str(req_in)])
+        # The hosts' lock names local packages by version (found in the wheelhouse); only the
+        # third-party lines are downloaded.
+        host_lines, download_lines = [], []
+        for line in lock.read_text().splitlines():
+            name = re.sub(r"[-_.]+", "-", re.split(r"[\s=@;<>!~\[]", line.strip(), maxsplit=1)[0]).lower()
+            if not name or line.lstrip().startswith("#"):
+                continue
+            if name in local_versions:
+                host_lines.append(f"{name}=={local_versions[name]}")
+            else:
+                host_lines.append(line.strip())
+                download_lines.append(line.strip())
+        lock.write_text("\n".join(host_lines) + "\n")
+        download = work / "download.txt"
+        download.write_text("\n".join(download_lines) + "\n")
+        digest = hashlib.sha256(FORMAT + lock.read_bytes())
         for w in local_wheels:
             digest.update(f"{w.name} {sha256(w)}\n".encode())
         digest.update(b"local-only" if a.local_only else b"full")
@@ -151,16 +186,15 @@ def main() -> int:
         tarball = out_dir / f"{release}.tar"
         changed = not tarball.exists()
         if changed:
-            if a.local_only:
-                for w in local_wheels:
-                    shutil.copy2(w, wheels / w.name)
-            else:
+            for w in local_wheels:
+                shutil.copy2(w, wheels / w.name)
+            if not a.local_only and download_lines:
                 cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
                 cmd += ["--python-version", pyver, "--implementation", "cp", "--abi", f"cp{major}{minor}"]
                 cmd += ["--abi", "abi3", "--abi", "none"]
                 for plat in platforms(a.arch, a.manylinux):
                     cmd += ["--platform", plat]
-                cmd += ["--find-links", str(local), "-d", str(wheels), "-r", str(lock)] + index
+                cmd += ["-d", str(wheels), "-r", str(download), *index]
                 run(cmd)
             members = [("lock.txt", lock)] + [(f"wheels/{w.name}", w) for w in sorted(wheels.glob("*.whl"))]
             deterministic_tar(members, tarball)
