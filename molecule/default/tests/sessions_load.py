@@ -37,10 +37,14 @@ async def one_session(i: int, args: argparse.Namespace, tokens: list[str], verif
         headers["Host"] = args.host_header
     seen: list[str] = []
 
+    statuses: list[str] = []
+
     async def remember(response: httpx2.Response) -> None:
         sid = response.headers.get("mcp-session-id")
         if sid and sid not in seen:
             seen.append(sid)
+        if response.status_code >= 400:  # the SDK's error hides the status; keep it for the report
+            statuses.append(f"HTTP {response.status_code} {response.request.method}")
 
     errors: list[str] = []
     http = httpx2.AsyncClient(
@@ -62,7 +66,7 @@ async def one_session(i: int, args: argparse.Namespace, tokens: list[str], verif
         while isinstance(detail, BaseExceptionGroup) and detail.exceptions:
             detail = detail.exceptions[0]
         errors.append(f"{type(detail).__name__}: {detail}")
-    return {"session_ids": seen, "errors": errors}
+    return {"session_ids": seen, "errors": errors + statuses if errors else errors}
 
 
 async def main(args: argparse.Namespace, tokens: list[str]) -> dict[str, Any]:
