@@ -1,0 +1,124 @@
+"""Filter mcp_instances: the MCP server instances of some hosts, named and addressed in one place.
+
+The mcp_server role (which starts the instances), the nginx role (which routes to them) and the
+firewall role (which lets the load balancers reach them) all ask this filter, so they cannot disagree
+about a port, an address or a route id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+DOCUMENTATION = r"""
+name: mcp_instances
+author: mcpops.deploy maintainers
+version_added: "0.1.0"
+short_description: MCP server instances of hosts, with address, port and route id
+description:
+  - Input is a list of inventory host names (for example C(groups['mcp_servers'])).
+  - Each host contributes one entry per port in its C(mcp_server_ports). While a host still sets the
+    deprecated C(mcp_server_instances), that is used instead (the mcp_server role follows the same
+    rule); when it defines neither, the default C([8000]) (the mcp_server role's default).
+  - The route id is the host's name reduced to letters and digits (a long name is shortened and made
+    distinct with a hash), a dash and the port. Every MCP session id an instance mints starts with its
+    route id, which is how nginx sends follow-up requests to the same instance.
+positional: _input, hostvars, from_host
+options:
+  _input:
+    description: Inventory host names.
+    type: list
+    elements: str
+    required: true
+  hostvars:
+    description: The C(hostvars) magic variable.
+    type: dict
+    required: true
+  from_host:
+    description:
+      - The host that will connect to the instances. Instances on that same host are reached over
+        loopback (or their own listen address when it is not a wildcard); instances on other hosts by
+        C(mcp_server_listen_address) unless it is a wildcard or loopback, then C(ansible_host), then
+        the inventory name.
+    type: str
+"""
+
+EXAMPLES = r"""
+# Every instance of the app group, addressed as seen from the load balancer running the play
+nginx_upstreams: "{{ groups['mcp_servers'] | mcpops.deploy.mcp_instances(hostvars, inventory_hostname) }}"
+
+# The ports this host runs
+my_ports: >-
+  {{ [inventory_hostname] | mcpops.deploy.mcp_instances(hostvars, inventory_hostname)
+     | map(attribute='port') | list }}
+"""
+
+RETURN = r"""
+_value:
+  description: One entry per instance, in the order of the hosts and of each host's ports.
+  type: list
+  elements: dict
+  contains:
+    host:
+      description: Inventory name of the host running the instance.
+      type: str
+    address:
+      description: Address that O(from_host) uses to reach the instance.
+      type: str
+    port:
+      description: TCP port of the instance.
+      type: int
+    route:
+      description: Route id, the prefix of the instance's MCP session ids.
+      type: str
+"""
+
+# The mcp_server role's default for mcp_server_ports; tests/unit checks that the two agree.
+DEFAULT_PORTS = [8000]
+ROUTE_RE = re.compile(r"[^A-Za-z0-9]+")
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, never bound to)
+
+
+def route_id(host: str, port: int) -> str:
+    base = ROUTE_RE.sub("", host) or "h"
+    if len(base) > 24:  # short but distinct: a prefix and a hash of the whole name
+        base = base[:17] + hashlib.sha1(host.encode()).hexdigest()[:6]  # noqa: S324 (not security)
+    return f"{base}-{int(port)}"
+
+
+def host_ports(hv) -> list:
+    """A host's ports: the deprecated mcp_server_instances while set, else mcp_server_ports, else the
+    default (the same rule as the mcp_server role's __mcp_server_ports)."""
+    if "mcp_server_instances" in hv:
+        return hv["mcp_server_instances"]
+    if "mcp_server_ports" in hv:
+        return hv["mcp_server_ports"]
+    return DEFAULT_PORTS
+
+
+def mcp_instances(hosts, hostvars, from_host=None):
+    result = []
+    for host in hosts:
+        hv = hostvars[host]
+        listen = str(hv.get("mcp_server_listen_address") or "")
+        if host == from_host:
+            address = "127.0.0.1" if listen in WILDCARDS else listen
+        elif listen not in WILDCARDS and not listen.startswith("127."):
+            address = listen
+        else:
+            address = hv.get("ansible_host") or host
+        for port in host_ports(hv):
+            result.append(
+                {
+                    "host": host,
+                    "address": str(address),
+                    "port": int(port),
+                    "route": route_id(host, port),
+                }
+            )
+    return result
+
+
+class FilterModule:
+    def filters(self):
+        return {"mcp_instances": mcp_instances}
