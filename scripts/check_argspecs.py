@@ -23,10 +23,13 @@ def check_role(role: Path) -> list[str]:
         return [f"{role.name}: meta/argument_specs.yml is missing"]
     defaults = (yaml.safe_load(defaults_file.read_text()) or {}) if defaults_file.exists() else {}
     spec = yaml.safe_load(spec_file.read_text()) or {}
-    main = (spec.get("argument_specs") or {}).get("main")
-    if not main:
-        return [f"{role.name}: argument_specs.yml has no 'main' entry point"]
-    options = main.get("options") or {}
+    entry_points = spec.get("argument_specs") or {}
+    if not entry_points:
+        return [f"{role.name}: argument_specs.yml has no entry point"]
+    # Every entry point's options together (the internal role common has one per task file).
+    options: dict = {}
+    for entry in entry_points.values():
+        options.update((entry or {}).get("options") or {})
     for key, value in defaults.items():
         if key not in options:
             problems.append(f"{role.name}: default {key} is not in argument_specs.yml")

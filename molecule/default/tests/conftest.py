@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,12 +112,12 @@ def instances(host) -> list[int]:
     if env:
         return [int(p) for p in env.split(",")]
     try:
-        ports = host.ansible.get_variables().get("mcp_server_instances")
+        ports = host.ansible.get_variables().get("mcp_server_ports")
     except Exception:
         ports = None
     if not ports:
         text = (REPO / "inventories/local/group_vars/all/main.yml").read_text()
-        m = re.search(r"^mcp_server_instances:\s*\[([0-9, ]+)\]", text, re.M)
+        m = re.search(r"^mcp_server_ports:\s*\[([0-9, ]+)\]", text, re.M)
         ports = [int(p) for p in m.group(1).split(",")] if m else DEFAULT_INSTANCES
     return [int(p) for p in ports]
 
@@ -229,3 +230,15 @@ def run_playbook(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def site_inventory(host) -> Path:
+    """An inventory like molecule's: this container in every group, the lab's group_vars."""
+    d = Path(tempfile.mkdtemp(prefix="mcpops-inv-"))
+    name = container_name(host)
+    groups = {g: {"hosts": {name: None}} for g in ("mcp_servers", "mcp_lb", "redis")}
+    inv = {"all": {"children": groups, "vars": {"ansible_connection": "community.docker.docker"}}}
+    (d / "hosts.yml").write_text(json.dumps(inv))
+    (d / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
+    return d / "hosts.yml"

@@ -9,9 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from conftest import (
@@ -30,7 +28,7 @@ from conftest import (
 )
 
 sys.path.insert(0, str(REPO / "plugins" / "filter"))
-from topology import route_id  # the filter the role itself uses for route ids
+from mcp_instances import route_id  # the filter the role itself uses for route ids
 
 USER = "mcpuser"
 REFERENCE_TOOLS = {"notes_add", "notes_get", "notes_search", "notes_delete", "slow_count"}
@@ -190,25 +188,15 @@ def test_sigkill_brings_the_instance_back_healthy_within_5s(host, ports):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def site_inventory(host) -> Path:
-    """An inventory like molecule's: this container in every group, the lab's group_vars."""
-    d = Path(tempfile.mkdtemp(prefix="mcpops-inv-"))
-    name = container_name(host)
-    groups = {g: {"hosts": {name: None}} for g in ("mcp_servers", "mcp_lb", "redis")}
-    inv = {"all": {"children": groups, "vars": {"ansible_connection": "community.docker.docker"}}}
-    (d / "hosts.yml").write_text(json.dumps(inv))
-    (d / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
-    return d / "hosts.yml"
-
-
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
+        ({"mcp_server_ports": [8000, 8000]}, "mcp_server_ports = [8000, 8000]"),
+        # the name before 0.2.0 still works (and is what the message names)
         ({"mcp_server_instances": [8000, 8000]}, "mcp_server_instances = [8000, 8000]"),
         ({"mcp_server_app": "not a/module path"}, "mcp_server_app = not a/module path"),
     ],
-    ids=["duplicate-ports", "malformed-app"],
+    ids=["duplicate-ports", "duplicate-ports-deprecated-name", "malformed-app"],
 )
 @pytest.mark.timeout(900)
 def test_bad_variable_fails_in_preflight_and_keeps_serving(host, ports, site_inventory, extra, expected):

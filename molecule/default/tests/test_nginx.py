@@ -166,7 +166,7 @@ def load(edge, tmp_tokens: int = 5, **opts) -> dict:
 def test_sessions_stick_to_their_instance(edge):
     ports = instances(edge)
     if len(ports) < 2:
-        pytest.skip("session affinity needs two instances (mcp_server_instances)")
+        pytest.skip("session affinity needs two instances (mcp_server_ports)")
     agent = f"affinity-{uuid.uuid4().hex}"
     result = load(edge, sessions=50, calls=5, concurrency=10, user_agent=agent)
     assert result["sessions"] == 50 and result["failed"] == 0, result
@@ -184,7 +184,7 @@ def test_sessions_stick_to_their_instance(edge):
 def test_new_sessions_succeed_with_one_instance_killed(edge):
     ports = instances(edge)
     if len(ports) < 2:
-        pytest.skip("failover needs two instances (mcp_server_instances)")
+        pytest.skip("failover needs two instances (mcp_server_ports)")
     victim, survivor = ports[-1], ports[0]
     unit = f"mcpops-server@{victim}.service"
     try:
