@@ -3,7 +3,8 @@
 #   1. a Python virtualenv in .venv with the dev extra (ansible, molecule, linters, the server);
 #   2. the Debian packages the tests need on the controller (docker engine, debootstrap, redis);
 #   3. a running Docker engine (this machine has no systemd, so dockerd is started by hand);
-#   4. local systemd base images for Debian 12 and 13 (no registry is reachable).
+#   4. local systemd base images for Debian 12 and 13 (no registry is reachable), made with
+#      debootstrap from the Debian mirror in this machine's apt sources (scripts/debian_mirror.sh).
 # Every step is skipped when its result is already there, so a second run takes seconds.
 # A step that cannot be done stops the script with one line saying which and why.
 set -euo pipefail
@@ -33,7 +34,7 @@ fi
 # --- 2. virtualenv --------------------------------------------------------------------------
 PY=${PYTHON:-python3}
 stamp=.venv/.mcpops-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$(sha256sum <pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   command -v "$PY" >/dev/null || die "no $PY on PATH; install Python 3.11 or newer"
   step "creating .venv and installing the dev extra (a minute on a fresh machine)"
@@ -55,15 +56,19 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # --- 4. base images --------------------------------------------------------------------------
+# debootstrap fetches from the Debian mirror this machine's apt already uses (or from
+# MCPOPS_DEBIAN_MIRROR): scripts/debian_mirror.sh reads it, and says so in one line when there is none.
+mirror=
 for spec in 12:bookworm 13:trixie; do
   ver=${spec%%:*}; suite=${spec#*:}; image="mcpops/debian$ver:latest"
   docker image inspect "$image" >/dev/null 2>&1 && continue
+  [ -n "$mirror" ] || mirror=$(bash scripts/debian_mirror.sh) || exit 1
   step "building $image with debootstrap (about a minute)"
   dir=$(mktemp -d /var/tmp/mcpops-rootfs.XXXXXX)
   trap 'rm -rf "$dir"' EXIT
   debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,python3,python3-apt,ca-certificates,iproute2,procps,curl \
-    "$suite" "$dir" http://deb.debian.org/debian >/tmp/mcpops-debootstrap-"$ver".log 2>&1 \
+    "$suite" "$dir" "$mirror" >/tmp/mcpops-debootstrap-"$ver".log 2>&1 \
     || die "debootstrap $suite failed (see /tmp/mcpops-debootstrap-$ver.log)"
   # A container has no consoles and no kernel modules to load: mask what only fails there.
   chroot "$dir" systemctl mask getty@tty1.service systemd-udevd.service systemd-modules-load.service \

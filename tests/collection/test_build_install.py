@@ -7,9 +7,12 @@ Ansible Galaxy is unreachable here, so the install is `--offline`; the dependenc
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,95 @@ BIN = Path(sys.executable).parent
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 CONTAINER = "mcpops-collection-test"
 DOCKER_CONNECTION = "community.docker.docker"
+
+# The only top-level entries a built collection may hold (galaxy.yml's manifest allow-list).
+ALLOWED_TOP = {
+    "MANIFEST.json",
+    "FILES.json",
+    "README.md",
+    "CHANGELOG.md",
+    "LICENSE",
+    "requirements.yml",
+    "pyproject.toml",
+    "meta",
+    "roles",
+    "plugins",
+    "playbooks",
+    "docs",
+    "inventories",
+    "changelogs",
+    "server",
+}
+# Development-only trees: none of their files may be shipped.
+NEVER_SHIPPED = ["molecule", "tests", "bench", "scripts", ".ci", "server/tests", "inventories/local"]
+# Build and tool leftovers, wherever they are in the tree.
+JUNK = re.compile(
+    r"(^|/)__pycache__(/|$)"
+    r"|\.py[co]$"
+    r"|\.egg-info(/|$)"
+    r"|(^|/)(build|dist)(/|$)"
+    r"|\.tar\.gz$"
+    r"|\.whl$"
+    r"|(^|/)\."  # hidden files and directories: .pytest_cache, .lab, editor state
+)
+# Leftovers planted in the checkout before the build; none of them may reach the tarball.
+LEFTOVERS = [
+    "build/lib/mcpops_server/leftover.py",  # what `pip install .` leaves at the root
+    "dist/mcpops_server-0.0.0-py3-none-any.whl",
+    "mcpops-deploy-0.0.0.tar.gz",  # an earlier build of the collection
+    "server/mcpops_server.egg-info/PKG-INFO",  # usually there already, from `pip install -e`
+    "server/build/lib/mcpops_server/leftover.py",
+    "server/.pytest_cache/v/cache/nodeids",
+    "plugins/filter/__pycache__/leftover.cpython-311.pyc",
+    "plugins/filter/leftover.pyc",
+    "docs/.lab/state.json",  # a lab-style state directory inside a shipped tree
+    "playbooks/.site.yml.swp",
+    "docs/old-release.tar.gz",
+]
+
+
+class Leftovers:
+    """Plants LEFTOVERS in the checkout and removes exactly what it created, nothing that was there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.created: list[Path] = []  # the topmost path each plant created (a file or a new directory)
+        self.written: list[Path] = []  # every file this run wrote
+        self.kept: list[Path] = []  # leftovers that were there before the run: never touched
+
+    def plant(self) -> None:
+        for rel in LEFTOVERS:
+            path = self.root / rel
+            if path.exists():
+                self.kept.append(path)
+                continue
+            top = path
+            while not top.parent.exists():
+                top = top.parent
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A .py leftover is valid Python, so a linter running meanwhile has nothing to report.
+            note = "Leftover planted by tests/collection; it must never be shipped."
+            path.write_text(f'"""{note}"""\n' if path.suffix == ".py" else note + "\n")
+            self.created.append(top)
+            self.written.append(path)
+
+    def remove(self) -> None:
+        while self.created:
+            top = self.created.pop()
+            if top.is_dir() and not top.is_symlink():
+                shutil.rmtree(top, ignore_errors=True)
+            else:
+                top.unlink(missing_ok=True)
+
+
+def checkout_files(under: str) -> set[str]:
+    """Files under ROOT/under, as paths relative to ROOT, leaving out build and tool leftovers."""
+    found = set()
+    for path in (ROOT / under).rglob("*"):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.is_file() and not JUNK.search(rel):
+            found.add(rel)
+    return found
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,11 +129,33 @@ def isolated_env(collections_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tarball(tmp_path_factory) -> Path:
+def leftovers() -> Iterator[Leftovers]:
+    planted = Leftovers(ROOT)
+    try:
+        planted.plant()
+        yield planted
+    finally:
+        planted.remove()
+
+
+@pytest.fixture(scope="module")
+def tarball(leftovers, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build")
-    run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(out), str(ROOT)], cwd=out)
+    try:
+        run(
+            [str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(out), str(ROOT)],
+            cwd=out,
+        )
+    finally:
+        leftovers.remove()  # as soon as the build has read the tree; the fixture's teardown is the backstop
     (built,) = out.glob("mcpops-deploy-*.tar.gz")
     return built
+
+
+@pytest.fixture(scope="module")
+def tarball_names(tarball) -> set[str]:
+    with tarfile.open(tarball) as tar:
+        return {m.name for m in tar.getmembers() if m.isfile()}
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +169,67 @@ def installed(tarball, tmp_path_factory) -> Path:
     return dest
 
 
-def test_tarball_ships_what_users_need_and_nothing_else(tarball):
-    with tarfile.open(tarball) as tar:
-        names = set(tar.getnames())
-    for needed in ["MANIFEST.json", "playbooks/site.yml", "plugins/filter/topology.py", "pyproject.toml"]:
-        assert needed in names, f"{needed} missing from {tarball.name}"
-    # the mcp_server role builds the server wheel on the controller from the installed copy
-    assert "server/mcpops_server/cli.py" in names or "server/mcpops_server/__init__.py" in names
+def test_tarball_holds_only_allowed_top_level_entries(tarball_names):
+    stray = sorted(n for n in tarball_names if n.split("/", 1)[0] not in ALLOWED_TOP)
+    assert not stray, f"outside the allow-list: {stray[:10]}"
+
+
+def test_tarball_holds_no_leftovers(tarball_names):
+    junk = sorted(n for n in tarball_names if JUNK.search(n))
+    assert not junk, f"build or tool leftovers shipped: {junk[:10]}"
+    planted = sorted(set(LEFTOVERS) & tarball_names)
+    assert not planted, f"planted leftovers shipped: {planted}"
+
+
+def test_tarball_holds_no_development_only_files(tarball_names):
+    for dropped in NEVER_SHIPPED:
+        leaked = sorted(n for n in tarball_names if n.startswith(dropped + "/"))
+        assert not leaked, f"{dropped}/ must not be shipped: {leaked[:5]}"
+    other_inventories = sorted(
+        n for n in tarball_names if n.startswith("inventories/") and not n.startswith("inventories/example/")
+    )
+    assert not other_inventories, f"only inventories/example is shipped: {other_inventories[:5]}"
+
+
+def test_tarball_ships_what_users_need(tarball_names):
+    assert ROLES, "no roles found"
+    needed = {
+        "MANIFEST.json",
+        "FILES.json",
+        "README.md",
+        "CHANGELOG.md",
+        "requirements.yml",
+        "meta/runtime.yml",
+        "playbooks/site.yml",
+        "inventories/example/hosts.yml",
+        "changelogs/changelog.yaml",
+        # the mcp_server role builds the server wheel on the controller from the installed copy
+        "pyproject.toml",
+        "server/README.md",
+    }
+    if (ROOT / "LICENSE").is_file():
+        needed.add("LICENSE")
     for role in ROLES:
-        assert f"roles/{role}/tasks/main.yml" in names
-        assert f"roles/{role}/meta/argument_specs.yml" in names
-    for dropped in ["molecule", "tests", "bench", ".ci", "scripts", "server/tests", ".venv", ".cache"]:
-        leaked = sorted(n for n in names if n == dropped or n.startswith(dropped + "/"))
-        assert not leaked, f"build_ignore misses {dropped}: {leaked[:5]}"
+        for rel in ("tasks/main.yml", "meta/argument_specs.yml", "meta/main.yml", "README.md"):
+            needed.add(f"roles/{role}/{rel}")
+    needed |= {n for n in checkout_files("plugins") if n.endswith(".py")}
+    needed |= {n for n in checkout_files("server/mcpops_server") if n.endswith(".py")}
+    missing = sorted(needed - tarball_names)
+    assert not missing, f"missing from the tarball: {missing}"
+
+
+def test_every_role_file_is_shipped(tarball_names):
+    """Roles are shipped by a pattern, so a role added later (roles/common) needs no galaxy.yml edit."""
+    missing = sorted(checkout_files("roles") - tarball_names)
+    assert not missing, f"role files missing from the tarball: {missing[:10]}"
+
+
+def test_leftovers_are_removed_and_prior_files_kept(tarball, leftovers):
+    assert leftovers.written, "no leftover was planted"
+    remaining = [str(p.relative_to(ROOT)) for p in leftovers.written if p.exists()]
+    assert not remaining, f"planted leftovers still in the checkout: {remaining}"
+    lost = [str(p.relative_to(ROOT)) for p in leftovers.kept if not p.exists()]
+    assert not lost, f"files that were there before the test are gone: {lost}"
 
 
 def test_installed_offline_into_an_empty_directory(installed):
