@@ -129,7 +129,12 @@ def tree_digest(root: Path, digest) -> None:
 
 def inputs_key(a: argparse.Namespace) -> str:
     digest = hashlib.sha256(FORMAT)
-    digest.update(json.dumps(sorted((k, str(v)) for k, v in vars(a).items())).encode())
+    # Paths by what they point at: the role passes "<role_path>/../..", a person the checkout.
+    options = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(a).items()}
+    options["package"] = [
+        str(Path(os.path.expanduser(p)).resolve()) if p.startswith(("/", ".", "~")) else p for p in a.package
+    ]
+    digest.update(json.dumps(options, sort_keys=True).encode())
     for item in [str(a.source), *a.package]:
         path = Path(os.path.expanduser(item))
         if path.is_dir():
