@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from ansible_collections.mcpops.deploy.plugins.plugin_utils.addresses import is_ip_network
+
 DOCUMENTATION = r"""
 name: host_addresses
 author: mcpops.deploy maintainers
@@ -62,19 +64,6 @@ def _flatten(value) -> list:
     return [] if value is None or value == "" else [value]
 
 
-def _is_ip_or_network(value) -> bool:
-    if not isinstance(value, str) or "%" in value:
-        return False
-    _, slash, prefix = value.partition("/")
-    if slash and not (prefix.isascii() and prefix.isdigit()):
-        return False
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_link_local_v6(value: str) -> bool:
     try:
         address = ipaddress.IPv6Address(value.split("%", 1)[0])
@@ -92,7 +81,7 @@ def _addresses(hv) -> list:
         v6 = [str(a) for a in _flatten(facts.get("all_ipv6_addresses") or [])]
         return v4 + [a for a in v6 if not _is_link_local_v6(a)]
     ansible_host = hv.get("ansible_host")
-    if _is_ip_or_network(ansible_host):
+    if is_ip_network(ansible_host):
         return [str(ansible_host)]
     return []
 

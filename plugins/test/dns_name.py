@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
+
+from ansible_collections.mcpops.deploy.plugins.plugin_utils.addresses import is_ip_address
 
 DOCUMENTATION = r"""
 name: dns_name
@@ -42,13 +43,7 @@ _NAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 
 
 def dns_name(value) -> bool:
-    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return True
-    return False
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None and not is_ip_address(value)
 
 
 class TestModule:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+from ansible_collections.mcpops.deploy.plugins.plugin_utils.addresses import is_ip_address
 
 DOCUMENTATION = r"""
 name: ip_address
@@ -35,13 +35,7 @@ _value:
 
 
 def ip_address(value) -> bool:
-    if not isinstance(value, str) or "%" in value:
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+    return is_ip_address(value)
 
 
 class TestModule:

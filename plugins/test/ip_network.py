@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+from ansible_collections.mcpops.deploy.plugins.plugin_utils.addresses import is_ip_network
 
 DOCUMENTATION = r"""
 name: ip_network
@@ -36,16 +36,7 @@ _value:
 
 
 def ip_network(value) -> bool:
-    if not isinstance(value, str) or "%" in value:
-        return False
-    _, slash, prefix = value.partition("/")
-    if slash and not (prefix.isascii() and prefix.isdigit()):
-        return False
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        return False
-    return True
+    return is_ip_network(value)
 
 
 class TestModule:
