@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sse_starlette.sse import AppStatus
 
     from .app import AppLoadError, build_app
+    from .connections import header_deadline_protocol
 
     AppStatus.disable_automatic_graceful_drain()
 
@@ -167,8 +168,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=settings.server.graceful_timeout,
         timeout_keep_alive=30,
+        # Connections and tasks beyond this get 503 at once instead of piling up.
+        limit_concurrency=settings.server.max_connections,
         lifespan="on",
-        http="h11",
+        http=header_deadline_protocol(settings.server.header_timeout),
         loop="asyncio",
     )
     config.load()

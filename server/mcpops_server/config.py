@@ -72,6 +72,8 @@ class ServerSettings:
     request_state_keys_file: str | None = None
     request_state_keys: tuple[bytes, ...] = field(default=(), repr=False)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    header_timeout: float = 10.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_body_bytes": _Key(_as_int(1024, 1 << 30), "MCP_MAX_BODY_BYTES"),
         "graceful_timeout": _Key(_as_float(0, 3600, lo_open=True), "MCP_GRACEFUL_TIMEOUT"),
         "session_idle_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_IDLE_TIMEOUT"),
+        "header_timeout": _Key(_as_float(0, 300, lo_open=True), "MCP_HEADER_TIMEOUT"),
+        "max_connections": _Key(_as_int(16, 1_000_000), "MCP_MAX_CONNECTIONS"),
         "app": _Key(_as_opt_str, "MCP_APP"),
         "request_state_keys_file": _Key(_readable_file, "MCP_REQUEST_STATE_KEYS_FILE"),
         "trusted_proxies": _Key(_as_list, "MCP_TRUSTED_PROXIES"),
