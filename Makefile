@@ -12,14 +12,15 @@ export ANSIBLE_FORCE_COLOR := 0
 MOLECULE_DISTRO ?= debian12
 export MOLECULE_DISTRO
 
-.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-debian13 bench clean
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-debian13 bench bench-converge clean
 
 help:
 	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
 	@echo "make test     lint, unit tests, collection build/install test, molecule scenario default"
 	@echo "make setup    prepare this machine (venv, docker engine, base images); run by demo and test"
 	@echo "make molecule-debian13   the default scenario on Debian 13"
-	@echo "make bench    benchmarks (bench/), printed as ratios"
+	@echo "make bench    the server benchmark (bench/), printed as ratios"
+	@echo "make bench-converge   converge speed of site.yml against a no-Ansible floor"
 
 setup:
 	@bash scripts/setup.sh
@@ -54,6 +55,9 @@ test: lint unit collection molecule
 
 bench: setup
 	python bench/server_bench.py
+
+bench-converge: setup
+	python bench/converge.py --reruns 3
 
 clean: demo-clean
 	rm -rf .cache .lab
