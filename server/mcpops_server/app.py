@@ -28,7 +28,9 @@ from typing import Any
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
+from mcp_types import INVALID_PARAMS, CallToolResult
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -53,6 +55,7 @@ access_logger = logging.getLogger("mcpops.access")
 MCP_PATH = "/mcp"
 _METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_BAD_TOOL_NAME = "Invalid tool name: 1 to 128 characters from A-Z a-z 0-9 _ . - are allowed"
 _ALLOW_HEADERS = (
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
 )
@@ -182,7 +185,12 @@ class RateLimitGate:
 
 
 class ToolObserver:
-    """Context-tier MCP middleware: request context for logs, tool metrics and a line per call."""
+    """Context-tier MCP middleware: request context for logs, tool metrics and a line per call.
+
+    It is the outermost middleware, so it also refuses a ``tools/call`` whose name the protocol does
+    not allow (1 to 128 characters from ``A-Z a-z 0-9 _ . -``, the SDK's ``TOOL_NAME_REGEX``) with
+    INVALID_PARAMS before anything else sees, logs or echoes the name.
+    """
 
     def __init__(self, server: MCPServer | Server[Any]):
         self.server = server
@@ -208,13 +216,16 @@ class ToolObserver:
             if ctx.method != "tools/call" or ctx.request_id is None:
                 return await call_next(ctx)
             raw_name = (ctx.params or {}).get("name")
-            label = self._known(raw_name)
+            valid = isinstance(raw_name, str) and TOOL_NAME_REGEX.fullmatch(raw_name) is not None
+            label = self._known(raw_name) if valid else "invalid"
             tokens.append((tool_name_var, tool_name_var.set(label)))
             if isinstance(scope_state, dict):
                 scope_state["tool_name"] = label
             t0 = time.perf_counter()
             result = "error"
             try:
+                if not valid:
+                    raise MCPError(code=INVALID_PARAMS, message=_BAD_TOOL_NAME)
                 out = await call_next(ctx)
                 is_error = (
                     out.isError
@@ -511,7 +522,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
     lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
     if s.server.request_state_keys and s.server.app:
         _install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
-    lowlevel.middleware.append(ToolObserver(server))
+    lowlevel.middleware.insert(0, ToolObserver(server))
 
     manager = InstanceSessionManager(
         app=lowlevel,
