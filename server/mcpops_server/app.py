@@ -19,6 +19,7 @@ import importlib
 import ipaddress
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.shared.exceptions import MCPError
 from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
-from mcp_types import INVALID_PARAMS, CallToolResult
+from mcp_types import INVALID_PARAMS, CallToolResult, PaginatedRequestParams
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -55,6 +56,9 @@ access_logger = logging.getLogger("mcpops.access")
 MCP_PATH = "/mcp"
 _METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_RELIST_INTERVAL = 5.0  # seconds between two tools/list calls made for the metric labels
+_RELIST_PAGES = 20
+_LISTED_MAX = 10_000  # tool names remembered for the metric labels
 _BAD_TOOL_NAME = "Invalid tool name: 1 to 128 characters from A-Z a-z 0-9 _ . - are allowed"
 _ALLOW_HEADERS = (
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
@@ -190,19 +194,55 @@ class ToolObserver:
     It is the outermost middleware, so it also refuses a ``tools/call`` whose name the protocol does
     not allow (1 to 128 characters from ``A-Z a-z 0-9 _ . -``, the SDK's ``TOOL_NAME_REGEX``) with
     INVALID_PARAMS before anything else sees, logs or echoes the name.
+
+    Tool names become metric labels only when the server lists them; any other name is counted as
+    ``unknown``, so clients cannot grow the metrics with made-up names. An ``MCPServer`` is asked
+    directly; for a low-level ``Server`` the names come from the ``tools/list`` answers that pass
+    through here, and, when a call names a tool not seen yet, from calling its ``tools/list``
+    handler (at most every ``_RELIST_INTERVAL`` seconds).
     """
 
     def __init__(self, server: MCPServer | Server[Any]):
         self.server = server
         self.tool_log = logging.getLogger("mcpops.tools")
+        self.lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
+        self.listed: set[str] = set()
+        self.relisted_at = -math.inf
 
-    def _known(self, name: Any) -> str:
-        if not isinstance(name, str):
-            return "invalid"
+    async def _label(self, ctx: Any, name: str) -> str:
         tm = getattr(self.server, "_tool_manager", None)
-        if tm is None:  # a low-level Server: names are not known in advance; bound the label
-            return name[:64]
-        return name if tm.get_tool(name) is not None else "unknown"
+        if tm is not None:
+            return name if tm.get_tool(name) is not None else "unknown"
+        if name in self.listed:
+            return name
+        now = time.monotonic()
+        if now - self.relisted_at >= _RELIST_INTERVAL:
+            self.relisted_at = now
+            await self._relist(ctx)
+        return name if name in self.listed else "unknown"
+
+    async def _relist(self, ctx: Any) -> None:
+        entry = self.lowlevel.get_request_handler("tools/list")
+        if entry is None:
+            return
+        cursor = None
+        try:
+            for _page in range(_RELIST_PAGES):
+                result = await entry.handler(ctx, PaginatedRequestParams(cursor=cursor))
+                self._learn(result)
+                cursor = getattr(result, "next_cursor", None)
+                if not cursor:
+                    break
+        except Exception:
+            logger.debug("could not list the app's tools for the metric labels", exc_info=True)
+
+    def _learn(self, result: Any) -> None:
+        """Remember the names in a tools/list answer (a result model or its wire dict)."""
+        tools = result.get("tools") if isinstance(result, dict) else getattr(result, "tools", None)
+        for t in tools or ():
+            name = t.get("name") if isinstance(t, dict) else getattr(t, "name", None)
+            if isinstance(name, str) and len(self.listed) < _LISTED_MAX and TOOL_NAME_REGEX.fullmatch(name):
+                self.listed.add(name)
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         req = ctx.request
@@ -213,11 +253,15 @@ class ToolObserver:
             (session_id_var, session_id_var.set(scope_state.get("session_id"))),
         ]
         try:
+            if ctx.method == "tools/list" and self.lowlevel is self.server:
+                out = await call_next(ctx)
+                self._learn(out)
+                return out
             if ctx.method != "tools/call" or ctx.request_id is None:
                 return await call_next(ctx)
             raw_name = (ctx.params or {}).get("name")
             valid = isinstance(raw_name, str) and TOOL_NAME_REGEX.fullmatch(raw_name) is not None
-            label = self._known(raw_name) if valid else "invalid"
+            label = await self._label(ctx, raw_name) if valid else "invalid"
             tokens.append((tool_name_var, tool_name_var.set(label)))
             if isinstance(scope_state, dict):
                 scope_state["tool_name"] = label
