@@ -310,6 +310,26 @@ def _header(scope: Any, name: bytes) -> str | None:
     return None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_host_port(authority: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` (IPv6 in brackets) as (host, port); None when it is not one."""
+    if not authority or any(c in authority for c in "/?#@ "):
+        return None
+    if authority.startswith("["):
+        name, bracket, rest = authority.partition("]")
+        name += bracket
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        name, _sep, port = authority.partition(":")
+    if not port:
+        return name, default_port
+    return (name, int(port)) if port.isdigit() and len(port) <= 5 else None
+
+
 def _valid_request_id(v: str | None) -> bool:
     return v is not None and 0 < len(v) <= 128 and all(33 <= ord(c) <= 126 for c in v)
 
@@ -368,6 +388,25 @@ class Gateway:
             return True
         name, sep, port = host.rpartition(":")
         return bool(sep) and port.isdigit() and name in self.any_port_hosts
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        """A configured origin, or the server's own: the Host the request was sent to (already checked
+        to be a public host or a loopback name) on the same port, any loopback name standing for another.
+        """
+        o = origin.rstrip("/").lower()
+        if o in self.mcp_origins:
+            return True
+        scheme, sep, rest = o.partition("://")
+        if not sep or scheme not in _DEFAULT_PORTS or not host:
+            return False
+        default = _DEFAULT_PORTS[scheme]
+        origin_at = _split_host_port(rest, default)
+        host_at = _split_host_port(host.lower(), default)
+        if origin_at is None or host_at is None or origin_at[1] != host_at[1]:
+            return False
+        return origin_at[0] == host_at[0] or (
+            origin_at[0] in _LOOPBACK_HOSTS and host_at[0] in _LOOPBACK_HOSTS
+        )
 
     def _route_label(self, path: str) -> str:
         if path in self.routes:
@@ -498,11 +537,12 @@ class Gateway:
                 await _plain(send, 413, f"Request body too large (limit {self.max_body} bytes)")
                 return
         if is_mcp:
-            if not self._host_ok(_header(scope, b"host")):
-                logger.warning("refused a request with Host %r", _header(scope, b"host"))
+            host = _header(scope, b"host")
+            if not self._host_ok(host):
+                logger.warning("refused a request with Host %r", host)
                 await _plain(send, 421, "Invalid Host header")
                 return
-            if origin is not None and origin.rstrip("/").lower() not in self.mcp_origins:
+            if origin is not None and not self._origin_ok(origin, host):
                 logger.warning("refused a request with Origin %r", origin)
                 await _plain(send, 403, "Invalid Origin header")
                 return
