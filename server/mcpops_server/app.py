@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +56,7 @@ access_logger = logging.getLogger("mcpops.access")
 MCP_PATH = "/mcp"
 _METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_HANDSHAKE = frozenset({"initialize", "notifications/initialized"})
 _RELIST_INTERVAL = 5.0  # seconds between two tools/list calls made for the metric labels
 _RELIST_PAGES = 20
 _LISTED_MAX = 10_000  # tool names remembered for the metric labels
@@ -202,8 +203,9 @@ class ToolObserver:
     handler (at most every ``_RELIST_INTERVAL`` seconds).
     """
 
-    def __init__(self, server: MCPServer | Server[Any]):
+    def __init__(self, server: MCPServer | Server[Any], on_use: Callable[[str], None] | None = None):
         self.server = server
+        self.on_use = on_use  # told the session id of every message but the handshake
         self.tool_log = logging.getLogger("mcpops.tools")
         self.lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
         self.listed: set[str] = set()
@@ -253,6 +255,10 @@ class ToolObserver:
             (session_id_var, session_id_var.set(scope_state.get("session_id"))),
         ]
         try:
+            if self.on_use is not None and ctx.method not in _HANDSHAKE:
+                sid = scope_state.get("session_id")
+                if sid:
+                    self.on_use(sid)
             if ctx.method == "tools/list" and self.lowlevel is self.server:
                 out = await call_next(ctx)
                 self._learn(out)
@@ -606,7 +612,6 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
     lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
     if s.server.request_state_keys and s.server.app:
         _install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
-    lowlevel.middleware.insert(0, ToolObserver(server))
 
     manager = InstanceSessionManager(
         app=lowlevel,
@@ -615,7 +620,11 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
         security_settings=None,  # Host/Origin are checked by the Gateway, with the configured names
         max_request_body_size=s.server.max_body_bytes,
         session_idle_timeout=s.server.session_idle_timeout,
+        session_unused_timeout=s.server.session_unused_timeout,
+        max_sessions=s.server.max_sessions,
+        max_sessions_per_principal=s.server.max_sessions_per_principal,
     )
+    lowlevel.middleware.insert(0, ToolObserver(server, manager.mark_used))
     # MCPServer.session_manager reads this; user code may rely on it.
     lowlevel._session_manager = manager
     rt.manager = manager

@@ -70,6 +70,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     graceful_timeout: float = 20.0
     session_idle_timeout: float = 1800.0
+    session_unused_timeout: float = 60.0
+    max_sessions: int = 5000
+    max_sessions_per_principal: int = 100
     app: str | None = None
     request_state_keys_file: str | None = None
     request_state_keys: tuple[bytes, ...] = field(default=(), repr=False)
@@ -351,6 +354,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_body_bytes": _Key(_as_int(1024, 1 << 30), "MCP_MAX_BODY_BYTES"),
         "graceful_timeout": _Key(_as_float(0, 3600, lo_open=True), "MCP_GRACEFUL_TIMEOUT"),
         "session_idle_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_IDLE_TIMEOUT"),
+        "session_unused_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_UNUSED_TIMEOUT"),
+        "max_sessions": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS"),
+        "max_sessions_per_principal": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS_PER_PRINCIPAL"),
         "app": _Key(_as_opt_str, "MCP_APP"),
         "request_state_keys_file": _Key(_readable_file, "MCP_REQUEST_STATE_KEYS_FILE"),
         "trusted_proxies": _Key(_as_list, "MCP_TRUSTED_PROXIES"),

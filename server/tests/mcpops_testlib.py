@@ -102,6 +102,10 @@ class RawSession:
         assert r.status_code == 200, (r.status_code, r.text[:500])
         return jsonrpc_answer(r)
 
+    def close(self) -> int:
+        """End the session (DELETE); returns the status."""
+        return self.client.delete(self.url, headers=self.headers).status_code
+
 
 def free_port() -> int:
     with socket.socket() as s:

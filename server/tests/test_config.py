@@ -44,6 +44,12 @@ ENV_CASES = [
     ({"MCP_MAX_BODY_BYTES": "10"}, "config: MCP_MAX_BODY_BYTES = 10: an integer from 1024 to"),
     ({"MCP_GRACEFUL_TIMEOUT": "0"}, "config: MCP_GRACEFUL_TIMEOUT = 0: a number of seconds > 0"),
     ({"MCP_SESSION_IDLE_TIMEOUT": "-1"}, "config: MCP_SESSION_IDLE_TIMEOUT = -1: a number of seconds > 0"),
+    ({"MCP_SESSION_UNUSED_TIMEOUT": "0"}, "config: MCP_SESSION_UNUSED_TIMEOUT = 0: a number of seconds > 0"),
+    ({"MCP_MAX_SESSIONS": "0"}, "config: MCP_MAX_SESSIONS = 0: an integer from 1 to 1000000"),
+    (
+        {"MCP_MAX_SESSIONS_PER_PRINCIPAL": "x"},
+        "config: MCP_MAX_SESSIONS_PER_PRINCIPAL = x: an integer from 1",
+    ),
     ({"MCP_APP": "not a spec"}, "config: MCP_APP = not a spec: package.module:attribute naming an MCPServer"),
     (
         {"MCP_REQUEST_STATE_KEYS_FILE": "/nonexistent"},
