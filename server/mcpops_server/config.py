@@ -700,6 +700,7 @@ def _check_cross(
             or not parts.hostname
             or parts.path not in ("",)
             or parts.query
+            or "@" in parts.netloc
         ):
             bad(
                 "cors",

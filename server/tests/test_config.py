@@ -88,6 +88,10 @@ ENV_CASES = [
         {"ALLOWED_ORIGINS": "https://a.example/path"},
         "config: ALLOWED_ORIGINS = https://a.example/path: origins",
     ),
+    (
+        {"ALLOWED_ORIGINS": "https://u:pw@app.example"},
+        "config: ALLOWED_ORIGINS = https://***@app.example: origins like",
+    ),
     ({"CORS_MAX_AGE": "-5"}, "config: CORS_MAX_AGE = -5: an integer from 0 to"),
     ({"METRICS_ENABLED": "2"}, "config: METRICS_ENABLED = 2: true or false"),
     ({"METRICS_PATH": "metrics"}, "config: METRICS_PATH = metrics: an absolute path other than /mcp"),
