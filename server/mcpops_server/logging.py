@@ -71,6 +71,9 @@ _TEXT_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 
 _JSON_UNSAFE_RE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
 def cap(value: str, limit: int = FIELD_MAX) -> str:
     """``value`` cut to ``limit`` characters, with a marker saying how much was dropped."""
     if len(value) <= limit:
@@ -178,9 +181,12 @@ class JSONFormatter(logging.Formatter):
         trace_limit: int,
         truncated: bool = False,
     ) -> str:
-        data = {k: _bounded(v, limit) for k, v in head.items()}
-        for k, v in fields.items():
-            data[k] = _bounded(v, limit)
+        data = {}
+        for part in (head, fields):
+            for k, v in part.items():
+                # the common case (short text, numbers) without a call
+                short = (type(v) is str and len(v) <= limit) or type(v) in _PLAIN
+                data[k] = v if short else _bounded(v, limit)
         if trace is not None:
             data["exception"] = _cap_trace(trace, trace_limit)
         if truncated:
