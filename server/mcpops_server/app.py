@@ -19,16 +19,19 @@ import importlib
 import ipaddress
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
+from mcp_types import INVALID_PARAMS, CallToolResult, PaginatedRequestParams
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -53,6 +56,11 @@ access_logger = logging.getLogger("mcpops.access")
 MCP_PATH = "/mcp"
 _METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_HANDSHAKE = frozenset({"initialize", "notifications/initialized"})
+_RELIST_INTERVAL = 5.0  # seconds between two tools/list calls made for the metric labels
+_RELIST_PAGES = 20
+_LISTED_MAX = 10_000  # tool names remembered for the metric labels
+_BAD_TOOL_NAME = "Invalid tool name: 1 to 128 characters from A-Z a-z 0-9 _ . - are allowed"
 _ALLOW_HEADERS = (
     "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
 )
@@ -182,19 +190,61 @@ class RateLimitGate:
 
 
 class ToolObserver:
-    """Context-tier MCP middleware: request context for logs, tool metrics and a line per call."""
+    """Context-tier MCP middleware: request context for logs, tool metrics and a line per call.
 
-    def __init__(self, server: MCPServer | Server[Any]):
+    It is the outermost middleware, so it also refuses a ``tools/call`` whose name the protocol does
+    not allow (1 to 128 characters from ``A-Z a-z 0-9 _ . -``, the SDK's ``TOOL_NAME_REGEX``) with
+    INVALID_PARAMS before anything else sees, logs or echoes the name.
+
+    Tool names become metric labels only when the server lists them; any other name is counted as
+    ``unknown``, so clients cannot grow the metrics with made-up names. An ``MCPServer`` is asked
+    directly; for a low-level ``Server`` the names come from the ``tools/list`` answers that pass
+    through here, and, when a call names a tool not seen yet, from calling its ``tools/list``
+    handler (at most every ``_RELIST_INTERVAL`` seconds).
+    """
+
+    def __init__(self, server: MCPServer | Server[Any], on_use: Callable[[str], None] | None = None):
         self.server = server
+        self.on_use = on_use  # told the session id of every message but the handshake
         self.tool_log = logging.getLogger("mcpops.tools")
+        self.lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
+        self.listed: set[str] = set()
+        self.relisted_at = -math.inf
 
-    def _known(self, name: Any) -> str:
-        if not isinstance(name, str):
-            return "invalid"
+    async def _label(self, ctx: Any, name: str) -> str:
         tm = getattr(self.server, "_tool_manager", None)
-        if tm is None:  # a low-level Server: names are not known in advance; bound the label
-            return name[:64]
-        return name if tm.get_tool(name) is not None else "unknown"
+        if tm is not None:
+            return name if tm.get_tool(name) is not None else "unknown"
+        if name in self.listed:
+            return name
+        now = time.monotonic()
+        if now - self.relisted_at >= _RELIST_INTERVAL:
+            self.relisted_at = now
+            await self._relist(ctx)
+        return name if name in self.listed else "unknown"
+
+    async def _relist(self, ctx: Any) -> None:
+        entry = self.lowlevel.get_request_handler("tools/list")
+        if entry is None:
+            return
+        cursor = None
+        try:
+            for _page in range(_RELIST_PAGES):
+                result = await entry.handler(ctx, PaginatedRequestParams(cursor=cursor))
+                self._learn(result)
+                cursor = getattr(result, "next_cursor", None)
+                if not cursor:
+                    break
+        except Exception:
+            logger.debug("could not list the app's tools for the metric labels", exc_info=True)
+
+    def _learn(self, result: Any) -> None:
+        """Remember the names in a tools/list answer (a result model or its wire dict)."""
+        tools = result.get("tools") if isinstance(result, dict) else getattr(result, "tools", None)
+        for t in tools or ():
+            name = t.get("name") if isinstance(t, dict) else getattr(t, "name", None)
+            if isinstance(name, str) and len(self.listed) < _LISTED_MAX and TOOL_NAME_REGEX.fullmatch(name):
+                self.listed.add(name)
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         req = ctx.request
@@ -205,16 +255,27 @@ class ToolObserver:
             (session_id_var, session_id_var.set(scope_state.get("session_id"))),
         ]
         try:
+            if self.on_use is not None and ctx.method not in _HANDSHAKE:
+                sid = scope_state.get("session_id")
+                if sid:
+                    self.on_use(sid)
+            if ctx.method == "tools/list" and self.lowlevel is self.server:
+                out = await call_next(ctx)
+                self._learn(out)
+                return out
             if ctx.method != "tools/call" or ctx.request_id is None:
                 return await call_next(ctx)
             raw_name = (ctx.params or {}).get("name")
-            label = self._known(raw_name)
+            valid = isinstance(raw_name, str) and TOOL_NAME_REGEX.fullmatch(raw_name) is not None
+            label = await self._label(ctx, raw_name) if valid else "invalid"
             tokens.append((tool_name_var, tool_name_var.set(label)))
             if isinstance(scope_state, dict):
                 scope_state["tool_name"] = label
             t0 = time.perf_counter()
             result = "error"
             try:
+                if not valid:
+                    raise MCPError(code=INVALID_PARAMS, message=_BAD_TOOL_NAME)
                 out = await call_next(ctx)
                 is_error = (
                     out.isError
@@ -253,6 +314,26 @@ def _header(scope: Any, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_host_port(authority: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` (IPv6 in brackets) as (host, port); None when it is not one."""
+    if not authority or any(c in authority for c in "/?#@ "):
+        return None
+    if authority.startswith("["):
+        name, bracket, rest = authority.partition("]")
+        name += bracket
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        name, _sep, port = authority.partition(":")
+    if not port:
+        return name, default_port
+    return (name, int(port)) if port.isdigit() and len(port) <= 5 else None
 
 
 def _valid_request_id(v: str | None) -> bool:
@@ -313,6 +394,25 @@ class Gateway:
             return True
         name, sep, port = host.rpartition(":")
         return bool(sep) and port.isdigit() and name in self.any_port_hosts
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        """A configured origin, or the server's own: the Host the request was sent to (already checked
+        to be a public host or a loopback name) on the same port, any loopback name standing for another.
+        """
+        o = origin.rstrip("/").lower()
+        if o in self.mcp_origins:
+            return True
+        scheme, sep, rest = o.partition("://")
+        if not sep or scheme not in _DEFAULT_PORTS or not host:
+            return False
+        default = _DEFAULT_PORTS[scheme]
+        origin_at = _split_host_port(rest, default)
+        host_at = _split_host_port(host.lower(), default)
+        if origin_at is None or host_at is None or origin_at[1] != host_at[1]:
+            return False
+        return origin_at[0] == host_at[0] or (
+            origin_at[0] in _LOOPBACK_HOSTS and host_at[0] in _LOOPBACK_HOSTS
+        )
 
     def _route_label(self, path: str) -> str:
         if path in self.routes:
@@ -443,11 +543,12 @@ class Gateway:
                 await _plain(send, 413, f"Request body too large (limit {self.max_body} bytes)")
                 return
         if is_mcp:
-            if not self._host_ok(_header(scope, b"host")):
-                logger.warning("refused a request with Host %r", _header(scope, b"host"))
+            host = _header(scope, b"host")
+            if not self._host_ok(host):
+                logger.warning("refused a request with Host %r", host)
                 await _plain(send, 421, "Invalid Host header")
                 return
-            if origin is not None and origin.rstrip("/").lower() not in self.mcp_origins:
+            if origin is not None and not self._origin_ok(origin, host):
                 logger.warning("refused a request with Origin %r", origin)
                 await _plain(send, 403, "Invalid Origin header")
                 return
@@ -511,7 +612,6 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
     lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
     if s.server.request_state_keys and s.server.app:
         _install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
-    lowlevel.middleware.append(ToolObserver(server))
 
     manager = InstanceSessionManager(
         app=lowlevel,
@@ -520,7 +620,11 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
         security_settings=None,  # Host/Origin are checked by the Gateway, with the configured names
         max_request_body_size=s.server.max_body_bytes,
         session_idle_timeout=s.server.session_idle_timeout,
+        session_unused_timeout=s.server.session_unused_timeout,
+        max_sessions=s.server.max_sessions,
+        max_sessions_per_principal=s.server.max_sessions_per_principal,
     )
+    lowlevel.middleware.insert(0, ToolObserver(server, manager.mark_used))
     # MCPServer.session_manager reads this; user code may rely on it.
     lowlevel._session_manager = manager
     rt.manager = manager

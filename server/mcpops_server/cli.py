@@ -65,6 +65,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _fail(exc)
     path = settings.config_path or f"{default_config_path()[0]} (absent; environment and defaults)"
     print(f"config ok: {path}")
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if not settings.auth.enabled:
         print("warning: auth.enabled is false; every client can call every tool", file=sys.stderr)
     return 0
@@ -111,6 +113,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import logging as mlog
 
     mlog.configure(settings.logging, instance_id=settings.server.instance_id)
+    for warning in settings.warnings:
+        logger.warning(warning, extra={"event": "config_warning"})
     if not settings.auth.enabled:
         logger.warning("auth is disabled (auth.enabled: false): every client can call every tool")
 

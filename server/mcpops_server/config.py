@@ -1,9 +1,11 @@
 """Settings: a YAML file plus environment overrides, validated once into frozen dataclasses.
 
 Every problem found is reported at once, one line each, as
-``config: <setting> = <value>: <what is accepted>``. Secret values are shown as ``<redacted>``.
+``config: <setting> = <value>: <what is accepted>``. Secret values are shown as ``<redacted>``,
+and every URL printed has its user info and query values (but ``db``) replaced by ``***``.
 The setting is named by its YAML key (``server.port``) or, when the value came from the
-environment, by its variable (``MCP_SERVER_PORT``).
+environment, by its variable (``MCP_SERVER_PORT``). Settings that are accepted but risky are
+listed in ``Settings.warnings`` as ``<setting> = <value>: <why>``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     graceful_timeout: float = 20.0
     session_idle_timeout: float = 1800.0
+    session_unused_timeout: float = 60.0
+    max_sessions: int = 5000
+    max_sessions_per_principal: int = 100
     app: str | None = None
     request_state_keys_file: str | None = None
     request_state_keys: tuple[bytes, ...] = field(default=(), repr=False)
@@ -175,6 +180,7 @@ class Settings:
     tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
     config_path: str | None = None
+    warnings: tuple[str, ...] = ()  # accepted but risky: "<setting> = <value>: <why>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,13 +196,14 @@ class Problem:
     secret: bool = False
 
     def line(self) -> str:
-        if self.secret:
-            shown = REDACTED
-        elif isinstance(self.value, str):
-            shown = self.value if self.value != "" else '""'
-        else:
-            shown = json.dumps(self.value, default=str)
+        shown = REDACTED if self.secret else _shown(self.value)
         return f"config: {self.setting} = {shown}: {self.accepted}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value if value != "" else '""'
+    return json.dumps(value, default=str)
 
 
 class ConfigError(Exception):
@@ -300,9 +307,14 @@ def _choice(*options: str, upper: bool = False, lower: bool = False) -> Callable
 
 def _http_url(v: Any) -> str:
     s = _as_str(v)
-    parts = urlsplit(s)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise _Bad("an absolute http(s) URL without query or fragment")
+    try:
+        parts = urlsplit(s)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+        ok = ok and not parts.fragment and parts.username is None and parts.password is None
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _Bad("an absolute http(s) URL without credentials, query or fragment")
     return s
 
 
@@ -346,6 +358,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "session_idle_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_IDLE_TIMEOUT"),
         "header_timeout": _Key(_as_float(0, 300, lo_open=True), "MCP_HEADER_TIMEOUT"),
         "max_connections": _Key(_as_int(16, 1_000_000), "MCP_MAX_CONNECTIONS"),
+        "session_unused_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_UNUSED_TIMEOUT"),
+        "max_sessions": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS"),
+        "max_sessions_per_principal": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS_PER_PRINCIPAL"),
         "app": _Key(_as_opt_str, "MCP_APP"),
         "request_state_keys_file": _Key(_readable_file, "MCP_REQUEST_STATE_KEYS_FILE"),
         "trusted_proxies": _Key(_as_list, "MCP_TRUSTED_PROXIES"),
@@ -515,7 +530,12 @@ def load_settings(
             Problem(name_of(section, key), value, accepted, secret=secret or _SCHEMA[section][key].secret)
         )
 
-    _check_cross(values, bad, problems)
+    warnings: list[str] = []
+
+    def warn(section: str, key: str, value: Any, why: str) -> None:
+        warnings.append(f"{name_of(section, key)} = {_shown(value)}: {why}")
+
+    _check_cross(values, bad, problems, warn)
 
     if problems:
         raise ConfigError(problems)
@@ -523,11 +543,14 @@ def load_settings(
     sections: dict[str, Any] = {}
     for section, cls in _SECTION_TYPES.items():
         sections[section] = cls(**values[section])
-    return Settings(**sections, config_path=str(p) if p.exists() else None)
+    return Settings(**sections, config_path=str(p) if p.exists() else None, warnings=tuple(warnings))
 
 
 def _check_cross(
-    values: dict[str, dict[str, Any]], bad: Callable[..., None], problems: list[Problem]
+    values: dict[str, dict[str, Any]],
+    bad: Callable[..., None],
+    problems: list[Problem],
+    warn: Callable[[str, str, Any, str], None],
 ) -> None:
     srv, auth, rds, log, cors, met = (
         values["server"],
@@ -559,9 +582,15 @@ def _check_cross(
         norm = []
         for n in nets:
             try:
-                norm.append(str(ipaddress.ip_network(n, strict=False)))
+                net = ipaddress.ip_network(n, strict=False)
             except ValueError:
                 bad("server", "trusted_proxies", "IP addresses or CIDR networks, e.g. 10.0.0.0/8", n)
+                continue
+            if net.prefixlen == 0:
+                bad("server", "trusted_proxies", _EVERY_ADDRESS, n)
+            elif net.prefixlen < (8 if net.version == 4 else 32):
+                warn("server", "trusted_proxies", n, _BROAD_PROXIES)
+            norm.append(str(net))
         srv["trusted_proxies"] = tuple(norm)
     keys_file = srv.get("request_state_keys_file")
     if keys_file:
@@ -572,6 +601,11 @@ def _check_cross(
 
     # auth
     enabled = auth.get("enabled", True)
+    if enabled:
+        for key in ("server_url", "issuer_url", "jwks_url", "resource_server_url"):
+            url = auth.get(key)
+            if url and not _safe_transport(url):
+                warn("auth", key, url, _PLAIN_HTTP)
     algs = auth.get("algorithms")
     if algs is not None and (not algs or any(a not in ALLOWED_ALGORITHMS for a in algs)):
         bad(
@@ -616,9 +650,9 @@ def _check_cross(
     # redis
     url = rds.get("url")
     if url is not None:
-        why, secret = _check_redis_url(url)
+        why = _check_redis_url(url)
         if why:
-            bad("redis", "url", why, _redact_url(url) if secret else url)
+            bad("redis", "url", why)
     if rds.get("password") and rds.get("password_file"):
         bad("redis", "password_file", "either REDIS_PASSWORD or redis.password_file, not both")
     pf = rds.get("password_file")
@@ -670,6 +704,7 @@ def _check_cross(
             or not parts.hostname
             or parts.path not in ("",)
             or parts.query
+            or "@" in parts.netloc
         ):
             bad(
                 "cors",
@@ -750,41 +785,83 @@ def _check_jwks_file(path: str) -> str | None:
     return None
 
 
-def _check_redis_url(url: str) -> tuple[str | None, bool]:
+def _check_redis_url(url: str) -> str | None:
     accepted = "redis://[user@]host:port/db, rediss://[user@]host:port/db or unix:///path?db=N"
     try:
         parts = urlsplit(url)
         has_password = parts.password is not None
         _ = parts.port
     except ValueError:
-        return accepted, ":" in url and "@" in url
+        return accepted
     if has_password:
-        return "a URL without a password (set REDIS_PASSWORD or redis.password_file)", True
+        return "a URL without a password (set REDIS_PASSWORD or redis.password_file)"
+    if parts.query or parts.fragment:
+        for item in parts.query.split("&"):
+            key, _eq, value = item.partition("=")
+            if key != "db" or not value.isdigit() or parts.fragment:
+                return (
+                    accepted + " (no query parameters but db: options and secrets have settings of their own)"
+                )
     if parts.scheme in ("redis", "rediss"):
         if not parts.hostname:
-            return accepted, False
+            return accepted
         db = parts.path.lstrip("/")
         if db and not db.isdigit():
-            return accepted, False
-        return None, False
+            return accepted
+        return None
     if parts.scheme == "unix":
         if not parts.path.startswith("/"):
-            return accepted, False
-        return None, False
-    return accepted, False
+            return accepted
+        return None
+    return accepted
 
 
-def _redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return REDACTED
-    if parts.password is None:
+def redact_url(url: str) -> str:
+    """``url`` fit to print: user info and query values (but ``db``) as ``***``, even when unparsable."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    netloc = f"{parts.username or ''}:{REDACTED}@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    tail, hash_sign, fragment = tail.partition("#")
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        items = []
+        for item in query.split("&"):
+            key, eq, _value = item.partition("=")
+            items.append(item if key == "db" or not eq else f"{key}=***")
+        query = "&".join(items)
+    return f"{scheme}://{netloc}{path}{qmark}{query}{hash_sign}{'***' if fragment else ''}"
+
+
+def _safe_transport(url: str) -> bool:
+    """https, or plain http to this host only."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_EVERY_ADDRESS = (
+    "networks narrower than /0; trusting every address lets any client choose its address "
+    "(X-Forwarded-For) and so get past the rate limit: list the proxies themselves"
+)
+_BROAD_PROXIES = (
+    "a very large network (IPv4 shorter than /8, IPv6 shorter than /32): any client inside it can "
+    "claim an address in X-Forwarded-For and get past the per-address rate limit; list the proxies themselves"
+)
+_PLAIN_HTTP = (
+    "plain http to a host other than this one: tokens and signing keys travel unprotected and can be "
+    "read or replaced on the way; use https"
+)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
@@ -797,7 +874,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "stateless": s.server.stateless,
         "app": s.server.app or "reference",
         "auth": s.auth.enabled,
-        "redis": _redact_url(s.redis.url),
+        "redis": redact_url(s.redis.url),
         "ratelimit_per_minute": s.ratelimit.requests_per_minute if s.ratelimit.enabled else None,
         "tls": s.tls.enabled,
         "request_state_keys": len(s.server.request_state_keys),

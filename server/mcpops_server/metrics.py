@@ -54,6 +54,9 @@ ratelimit_redis_errors_total = Counter(
 )
 jwks_fetches_total = Counter("mcp_jwks_fetches_total", "JWKS (and metadata) fetches", ["result"])
 sessions_active = Gauge("mcp_sessions_active", "Open stateful MCP sessions on this instance")
+sessions_rejected_total = Counter(
+    "mcp_sessions_rejected_total", "New sessions refused (per-principal or instance limit)", ["reason"]
+)
 health_status = Gauge("mcp_health_check_ok", "Last result of each health check (1 ok, 0 failing)", ["check"])
 
 ENDPOINT = "/mcp"
@@ -79,6 +82,7 @@ http_duration = Children(http_request_duration_seconds)  # (path, method)
 tool_calls = Children(tool_calls_total)  # (endpoint, tool_name, result)
 tool_duration = Children(tool_duration_seconds)  # (endpoint, tool_name)
 auth_attempts = Children(auth_attempts_total)  # (endpoint, result)
+sessions_rejected = Children(sessions_rejected_total)  # (reason,)
 auth_duration = auth_duration_seconds.labels(ENDPOINT)
 mcp_connections = active_connections.labels(ENDPOINT)
 

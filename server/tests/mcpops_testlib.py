@@ -28,6 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 REDIS_BIN = "/usr/bin/redis-server"
 PYTHON = sys.executable
 FIXTURES = Path(__file__).parent / "fixtures"
+# Subprocesses run the server code beside these tests (not whatever checkout the venv was installed from),
+# and the fixtures' example apps.
+SERVER_SRC = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join((str(SERVER_SRC), str(FIXTURES)))
 
 
 # A raw JSON-RPC initialize, for tests that speak HTTP below the SDK's client
@@ -43,6 +47,64 @@ INIT_REQUEST = {
     },
 }
 ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+def jsonrpc_answer(resp: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC response in a POST's answer, whether a JSON body or an SSE stream."""
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        return resp.json()
+    for line in resp.text.splitlines():
+        if line.startswith("data:"):
+            msg = json.loads(line[5:])
+            if "id" in msg and ("result" in msg or "error" in msg):
+                return msg
+    raise AssertionError(f"no JSON-RPC response in: {resp.status_code} {resp.text[:500]}")
+
+
+class RawSession:
+    """One MCP session in plain HTTP requests, for tests about statuses, bytes and session counts."""
+
+    def __init__(self, url: str, token: str | None = None, client: httpx2.Client | None = None):
+        self.url = url
+        self.client = client or httpx2.Client(timeout=30)
+        self.headers = {"Accept": ACCEPT_BOTH}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.session_id: str | None = None
+        self._next_id = 1
+
+    def open(self, *, announce: bool = True, **headers: str) -> httpx2.Response:
+        """Send initialize; on success keep the session id and (by default) send notifications/initialized."""
+        r = self.client.post(self.url, json=INIT_REQUEST, headers={**self.headers, **headers})
+        if r.status_code == 200:
+            self.session_id = r.headers.get("mcp-session-id")
+            if self.session_id:
+                self.headers["Mcp-Session-Id"] = self.session_id
+            self.headers["Mcp-Protocol-Version"] = INIT_REQUEST["params"]["protocolVersion"]
+            if announce:
+                n = self.client.post(
+                    self.url,
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    headers=self.headers,
+                )
+                assert n.status_code == 202, (n.status_code, n.text)
+        return r
+
+    def post(self, method: str, params: dict[str, Any] | None = None) -> httpx2.Response:
+        self._next_id += 1
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            body["params"] = params
+        return self.client.post(self.url, json=body, headers=self.headers)
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        r = self.post(method, params)
+        assert r.status_code == 200, (r.status_code, r.text[:500])
+        return jsonrpc_answer(r)
+
+    def close(self) -> int:
+        """End the session (DELETE); returns the status."""
+        return self.client.delete(self.url, headers=self.headers).status_code
 
 
 def free_port() -> int:
@@ -241,7 +303,7 @@ class ServerProc:
         self.log_path = workdir / f"{name}.log"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(FIXTURES),
+            "PYTHONPATH": PYTHONPATH,
             "MCP_SERVER_PORT": str(self.port),
             "MCPOPS_CONFIG": str(workdir / "empty.yaml"),
             "LOG_LEVEL": "INFO",

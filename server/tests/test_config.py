@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from mcpops_server.config import ConfigError, load_settings
-from mcpops_testlib import PYTHON
+from mcpops_testlib import PYTHON, PYTHONPATH, ServerProc, wait_for
 
 GOOD_ENV = {
     "AUTH_ISSUER_URL": "https://issuer.example",
@@ -44,6 +44,12 @@ ENV_CASES = [
     ({"MCP_MAX_BODY_BYTES": "10"}, "config: MCP_MAX_BODY_BYTES = 10: an integer from 1024 to"),
     ({"MCP_GRACEFUL_TIMEOUT": "0"}, "config: MCP_GRACEFUL_TIMEOUT = 0: a number of seconds > 0"),
     ({"MCP_SESSION_IDLE_TIMEOUT": "-1"}, "config: MCP_SESSION_IDLE_TIMEOUT = -1: a number of seconds > 0"),
+    ({"MCP_SESSION_UNUSED_TIMEOUT": "0"}, "config: MCP_SESSION_UNUSED_TIMEOUT = 0: a number of seconds > 0"),
+    ({"MCP_MAX_SESSIONS": "0"}, "config: MCP_MAX_SESSIONS = 0: an integer from 1 to 1000000"),
+    (
+        {"MCP_MAX_SESSIONS_PER_PRINCIPAL": "x"},
+        "config: MCP_MAX_SESSIONS_PER_PRINCIPAL = x: an integer from 1",
+    ),
     ({"MCP_APP": "not a spec"}, "config: MCP_APP = not a spec: package.module:attribute naming an MCPServer"),
     (
         {"MCP_REQUEST_STATE_KEYS_FILE": "/nonexistent"},
@@ -69,7 +75,7 @@ ENV_CASES = [
     ({"REDIS_URL": "http://x"}, "config: REDIS_URL = http://x: redis://[user@]host:port/db"),
     (
         {"REDIS_URL": "redis://u:hunter2@h:6379/0"},
-        "config: REDIS_URL = redis://u:<redacted>@h:6379/0: a URL without",
+        "config: REDIS_URL = redis://***@h:6379/0: a URL without",
     ),
     ({"REDIS_PASSWORD_FILE": "/nonexistent"}, "config: REDIS_PASSWORD_FILE = /nonexistent: the path"),
     ({"REDIS_MAX_CONNECTIONS": "0"}, "config: REDIS_MAX_CONNECTIONS = 0: an integer from 1 to 10000"),
@@ -81,6 +87,10 @@ ENV_CASES = [
     (
         {"ALLOWED_ORIGINS": "https://a.example/path"},
         "config: ALLOWED_ORIGINS = https://a.example/path: origins",
+    ),
+    (
+        {"ALLOWED_ORIGINS": "https://u:pw@app.example"},
+        "config: ALLOWED_ORIGINS = https://***@app.example: origins like",
     ),
     ({"CORS_MAX_AGE": "-5"}, "config: CORS_MAX_AGE = -5: an integer from 0 to"),
     ({"METRICS_ENABLED": "2"}, "config: METRICS_ENABLED = 2: true or false"),
@@ -181,7 +191,11 @@ def test_valid_configuration_and_precedence(tmp_path):
 
 
 def _cli(args, env, tmp_path):
-    base = {"PATH": "/usr/bin:/bin", "MCPOPS_CONFIG": str(tmp_path / "missing-ok.yaml")}
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": PYTHONPATH,
+        "MCPOPS_CONFIG": str(tmp_path / "missing-ok.yaml"),
+    }
     (tmp_path / "missing-ok.yaml").write_text("{}\n")
     return subprocess.run(
         [PYTHON, "-m", "mcpops_server.cli", *args],
@@ -229,3 +243,114 @@ def test_check_config_imports_the_app(tmp_path):
 def test_auth_disabled_warns(tmp_path):
     r = _cli(["check-config"], {"AUTH_ENABLED": "false"}, tmp_path)
     assert r.returncode == 0 and "auth.enabled is false" in r.stderr
+
+
+# --- secrets in URLs, risky settings -------------------------------------------------------------
+
+
+def _one_config_line(r, starts: str, secret: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(starts), lines
+    assert secret not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_redis_url_takes_no_query_parameters_but_db(tmp_path):
+    r = _cli(
+        ["check-config"], {**GOOD_ENV, "REDIS_URL": "redis://127.0.0.1:6379/0?password=hunter2"}, tmp_path
+    )
+    line = _one_config_line(r, "config: REDIS_URL = redis://127.0.0.1:6379/0?password=***: ", "hunter2")
+    assert "query" in line
+    r = _cli(["check-config"], {**GOOD_ENV, "REDIS_URL": "rediss://h:6380/0?ssl_cert_reqs=none"}, tmp_path)
+    _one_config_line(r, "config: REDIS_URL = rediss://h:6380/0?ssl_cert_reqs=***: ", "none")
+    for fine in ("unix:///run/redis/redis.sock?db=2", "redis://app@127.0.0.1:6379?db=3"):
+        ok = _cli(["check-config"], {**GOOD_ENV, "REDIS_URL": fine}, tmp_path)
+        assert ok.returncode == 0 and ok.stderr == "", (fine, ok.stderr)
+
+
+def test_a_redis_url_the_parser_cannot_read_gives_one_redacted_line(tmp_path):
+    r = _cli(["check-config"], {**GOOD_ENV, "REDIS_URL": "redis://u:secret@host:abc/0"}, tmp_path)
+    _one_config_line(r, "config: REDIS_URL = redis://***@host:abc/0: redis://", "secret")
+    serve = _cli(["serve"], {**GOOD_ENV, "REDIS_URL": "redis://u:secret@host:abc/0"}, tmp_path)
+    assert serve.returncode == 2 and serve.stderr == r.stderr
+
+
+def test_credentials_in_auth_urls_are_refused(tmp_path):
+    env = {**GOOD_ENV, "AUTH_JWKS_URL": "https://u:pw-123@idp.example/jwks"}
+    line = _one_config_line(
+        _cli(["check-config"], env, tmp_path),
+        "config: AUTH_JWKS_URL = https://***@idp.example/jwks: ",
+        "pw-123",
+    )
+    assert "credentials" in line
+    env = {**GOOD_ENV, "AUTH_ISSUER_URL": "https://client@idp.example"}
+    _one_config_line(
+        _cli(["check-config"], env, tmp_path),
+        "config: AUTH_ISSUER_URL = https://***@idp.example: ",
+        "client@",
+    )
+
+
+WARNING_CASES = [
+    ({"AUTH_ISSUER_URL": "http://idp.example"}, "warning: AUTH_ISSUER_URL = http://idp.example: "),
+    ({"AUTH_JWKS_URL": "http://10.1.2.3/jwks.json"}, "warning: AUTH_JWKS_URL = http://10.1.2.3/jwks.json: "),
+    (
+        {"RESOURCE_SERVER_URL": "http://mcp.example.com/mcp"},
+        "warning: RESOURCE_SERVER_URL = http://mcp.example.com/mcp: ",
+    ),
+    ({"MCP_TRUSTED_PROXIES": "10.0.0.0/7"}, "warning: MCP_TRUSTED_PROXIES = 10.0.0.0/7: "),
+    ({"MCP_TRUSTED_PROXIES": "127.0.0.1,2001:db8::/16"}, "warning: MCP_TRUSTED_PROXIES = 2001:db8::/16: "),
+]
+
+
+@pytest.mark.parametrize(("env", "expected"), WARNING_CASES, ids=[next(iter(e)) for e, _ in WARNING_CASES])
+def test_risky_settings_are_warned_about(env, expected):
+    s = load_settings(None, {**GOOD_ENV, **env, "MCPOPS_CONFIG": ""})
+    assert len(s.warnings) == 1 and s.warnings[0].startswith(expected.removeprefix("warning: ")), s.warnings
+
+
+def test_safe_settings_draw_no_warning():
+    env = {
+        "AUTH_ISSUER_URL": "http://127.0.0.1:9000",
+        "AUTH_JWKS_URL": "http://localhost:9000/jwks.json",
+        "RESOURCE_SERVER_URL": "http://[::1]:8000/mcp",
+        "MCP_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8,fd00::/32",
+    }
+    assert load_settings(None, {**env, "MCPOPS_CONFIG": ""}).warnings == ()
+
+
+def test_check_config_prints_warnings_and_refuses_trust_in_every_address(tmp_path):
+    env = {**GOOD_ENV, "AUTH_ISSUER_URL": "http://idp.example", "MCP_TRUSTED_PROXIES": "10.0.0.0/4"}
+    r = _cli(["check-config"], env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert [w.split(" = ")[0] for w in warnings] == [
+        "warning: MCP_TRUSTED_PROXIES",
+        "warning: AUTH_ISSUER_URL",
+    ]
+    for everyone in ("0.0.0.0/0", "::/0", "10.0.0.0/8,::/0"):
+        r = _cli(["check-config"], {**GOOD_ENV, "MCP_TRUSTED_PROXIES": everyone}, tmp_path)
+        _one_config_line(r, f"config: MCP_TRUSTED_PROXIES = {everyone.split(',')[-1]}: ", "Traceback")
+
+
+def test_the_start_up_line_redacts_urls_and_carries_the_warnings(tmp_path, redis_srv):
+    user_url = redis_srv.url.replace("redis://", "redis://app-user@")
+    s = ServerProc(
+        "startup",
+        tmp_path / "startup",
+        {"REDIS_URL": user_url, "AUTH_ENABLED": "false", "MCP_TRUSTED_PROXIES": "10.0.0.0/6"},
+    )
+    s.start()
+    try:
+        ready = wait_for(
+            lambda: [x for x in s.log_lines() if x.get("event") == "ready"], 10, "the start-up line"
+        )[0]
+        assert ready["settings"]["redis"] == redis_srv.url.replace("redis://", "redis://***@")
+        assert "app-user" not in s.log_text()
+        warned = [
+            x for x in s.log_lines() if x["level"] == "WARNING" and "MCP_TRUSTED_PROXIES" in x["message"]
+        ]
+        assert warned and warned[0]["message"].startswith("MCP_TRUSTED_PROXIES = 10.0.0.0/6: "), warned
+    finally:
+        s.stop()

@@ -41,6 +41,33 @@ def test_foreign_origin_gets_403(fleet, issuer):
     assert r.status_code == 403
 
 
+def test_the_servers_own_origin_is_accepted(fleet, issuer):
+    """Same-origin requests pass without cors.allowed_origins; other origins, other ports do not."""
+
+    def status(server, origin, host=None, token=None):
+        headers = {"Accept": ACCEPT, "Origin": origin}
+        if host:
+            headers["Host"] = host
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx2.post(server.mcp_url, json=INIT_REQUEST, headers=headers).status_code
+
+    s = fleet.health  # loopback, no cors.allowed_origins, auth off
+    p = s.port
+    assert status(s, f"http://127.0.0.1:{p}") == 200
+    assert status(s, f"HTTP://LOCALHOST:{p}/") == 200  # another loopback name for the same socket
+    assert status(s, f"http://localhost:{p}", host=f"localhost:{p}") == 200
+    for foreign in (f"http://127.0.0.1:{p + 1}", "http://localhost", f"http://evil.example:{p}", "null"):
+        assert status(s, foreign) == 403, foreign
+    r = fleet.ra  # public host mcp.test (any port), auth on
+    tok = issuer.token("https://mcp.test/mcp")
+    assert status(r, "https://mcp.test", host="mcp.test", token=tok) == 200
+    assert status(r, "https://mcp.test:8443", host="mcp.test:8443", token=tok) == 200
+    assert status(r, "https://mcp.test:443", host="mcp.test", token=tok) == 200  # default port spelt out
+    assert status(r, f"http://127.0.0.1:{r.port}", host="mcp.test", token=tok) == 403
+    assert status(r, "https://mcp.test.evil.example", host="mcp.test", token=tok) == 403
+
+
 def test_cors_for_an_allowed_origin(fleet, issuer):
     s = fleet.main
     pre = httpx2.options(
