@@ -44,6 +44,7 @@ from . import __version__, metrics
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
 from .config import Settings
 from .health import HealthChecker
+from .inflight import InFlightCalls
 from .logging import request_id_var, session_id_var, tool_name_var, user_id_var
 from .notes import SCHEMA_VERSION, NotesStore
 from .ratelimit import RateLimiter
@@ -573,6 +574,11 @@ class Runtime:
         self.manager: InstanceSessionManager | None = None
         self.gateway: Gateway | None = None
         self.mcp_server: MCPServer | Server[Any] | None = None
+        self.inflight: InFlightCalls | None = None
+
+    async def end_calls(self) -> int:
+        """At the end of the graceful timeout: every call still open gets a JSON-RPC error."""
+        return await self.inflight.end_all() if self.inflight is not None else 0
 
     def begin_drain(self) -> None:
         if self.gateway is not None:
@@ -631,7 +637,8 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
     metrics.sessions_active.set_function(lambda: manager.open_sessions)
 
     client_address = ClientAddress(s.server.trusted_proxies)
-    chain: Any = manager.handle_request
+    rt.inflight = InFlightCalls(manager.handle_request)
+    chain: Any = rt.inflight
     redis = redis_client(s)
     rt.redis = redis
     if s.ratelimit.enabled:

@@ -154,13 +154,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logger.info("shutting down: draining for at most %g s", settings.server.graceful_timeout)
             runtime.begin_drain()
             grace = settings.server.graceful_timeout
-            end_streams = asyncio.get_running_loop().call_later(
-                max(grace - 1.0, grace * 0.5), setattr, AppStatus, "should_exit", True
-            )
+
+            async def end_what_is_left() -> None:
+                # Shortly before uvicorn would cancel them: calls still running get a JSON-RPC
+                # error on their own stream, then every SSE stream still open ends cleanly.
+                await asyncio.sleep(max(grace - 1.5, grace * 0.5))
+                await runtime.end_calls()
+                AppStatus.should_exit = True
+
+            ender = asyncio.get_running_loop().create_task(end_what_is_left())
             try:
                 await super().shutdown(sockets=sockets)
             finally:
-                end_streams.cancel()
+                ender.cancel()
 
     config = uvicorn.Config(
         app,

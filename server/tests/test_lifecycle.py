@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from mcp.shared.exceptions import MCPError
 from mcpops_testlib import ServerProc
 
 
@@ -136,6 +137,54 @@ def test_tls_sd_notify_and_graceful_shutdown(tmp_path, redis_srv, notify_socket)
         log = s.log_text()
         assert "shutting down: draining" in log
         assert "Traceback" not in log
+    finally:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.kill()
+        s.proc = None
+
+
+def test_a_call_outliving_the_graceful_timeout_ends_with_a_jsonrpc_error(tmp_path, redis_srv):
+    """SIGTERM during a call longer than server.graceful_timeout: the client gets a JSON-RPC error on
+    the call's own stream (not a cut connection), and the process still exits in time."""
+    s = ServerProc(
+        "outlive",
+        tmp_path / "outlive",
+        {
+            "REDIS_URL": redis_srv.url,
+            "REDIS_KEY_PREFIX": "t-outlive:",
+            "AUTH_ENABLED": "false",
+            "MCP_GRACEFUL_TIMEOUT": "3",
+        },
+    )
+    s.start()
+    try:
+
+        async def go() -> tuple[BaseException | None, float, float]:
+            signalled: list[float] = []
+
+            async def on_progress(progress, total, message):
+                if not signalled:
+                    signalled.append(time.monotonic())
+                    s.proc.terminate()
+
+            caught: BaseException | None = None
+            async with mcp_session(s.mcp_url) as c:
+                await c.list_tools()
+                args = {"n": 60, "interval_ms": 200}  # 12 s, far beyond the 3 s graceful timeout
+                try:
+                    await c.call_tool("slow_count", args, progress_callback=on_progress)
+                except BaseException as exc:
+                    caught = exc
+            return caught, signalled[0], time.monotonic()
+
+        caught, signalled_at, ended_at = anyio.run(go)
+        assert isinstance(caught, MCPError), f"the call ended with {caught!r}, not a JSON-RPC error"
+        assert caught.error.code == -32000 and "shutting down" in caught.error.message, caught.error
+        took = ended_at - signalled_at
+        assert 1.0 < took < 6, f"the error came {took:.1f} s after SIGTERM (graceful timeout 3 s)"
+        rc = s.proc.wait(15)
+        assert rc in (0, -15), rc
+        assert "ended 1 call(s) still running" in s.log_text()
     finally:
         if s.proc is not None and s.proc.poll() is None:
             s.proc.kill()
