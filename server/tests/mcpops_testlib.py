@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 REDIS_BIN = "/usr/bin/redis-server"
 PYTHON = sys.executable
 FIXTURES = Path(__file__).parent / "fixtures"
+# The server package next to these tests (a worktree's copy wins over an editable install elsewhere).
+SERVER_SRC = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join((str(FIXTURES), str(SERVER_SRC)))
 
 
 # A raw JSON-RPC initialize, for tests that speak HTTP below the SDK's client
@@ -241,7 +244,7 @@ class ServerProc:
         self.log_path = workdir / f"{name}.log"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(FIXTURES),
+            "PYTHONPATH": PYTHONPATH,
             "MCP_SERVER_PORT": str(self.port),
             "MCPOPS_CONFIG": str(workdir / "empty.yaml"),
             "LOG_LEVEL": "INFO",
