@@ -5,7 +5,7 @@ Layout (prefix ``mcpops:``)::
     mcpops:schema_version        integer, the applied migration level
     mcpops:notes:seq             integer, last note id handed out
     mcpops:notes:index           sorted set, note id scored by creation time
-    mcpops:notes:<id>            hash: id, title, body, tags (comma-joined), created_at
+    mcpops:notes:<id>            hash: id, title, body, tags (a JSON list of strings), created_at
 
 Migrations are idempotent and run by ``mcpops-server migrate`` once per deploy, before the
 restart. Each one moves the schema from N-1 to N.
@@ -13,6 +13,7 @@ restart. Each one moves the schema from N-1 to N.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_SEARCH_SCAN = 2000
 
 
@@ -40,6 +41,17 @@ class Note:
             "tags": list(self.tags),
             "created_at": self.created_at,
         }
+
+
+def _encode_tags(tags: tuple[str, ...]) -> str:
+    return json.dumps(list(tags), ensure_ascii=False)
+
+
+def _decode_tags(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    tags = json.loads(raw)
+    return tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
 
 
 class NotesStore:
@@ -64,7 +76,7 @@ class NotesStore:
                     "id": note_id,
                     "title": title,
                     "body": body,
-                    "tags": ",".join(clean_tags),
+                    "tags": _encode_tags(clean_tags),
                     "created_at": repr(now),
                 },
             )
@@ -84,7 +96,7 @@ class NotesStore:
             id=int(d["id"]),
             title=d.get("title", ""),
             body=d.get("body", ""),
-            tags=tuple(t for t in d.get("tags", "").split(",") if t),
+            tags=_decode_tags(d.get("tags")),
             created_at=float(d.get("created_at", 0) or 0),
         )
 
@@ -160,8 +172,34 @@ async def _m2_index(store: NotesStore) -> None:
             await r.set(store.k_seq, int(tail))
 
 
+async def _m3_tags_json(store: NotesStore) -> None:
+    """v3: tags are a JSON list (a comma inside a tag used to split it); convert the comma-joined ones.
+
+    A tag holding a comma was already split when it was written, so the old value reads as several tags.
+    """
+    r = store.redis
+    async for key in r.scan_iter(match=store.p + "notes:*", count=500):
+        k = key.decode() if isinstance(key, bytes) else key
+        if not k[len(store.p + "notes:") :].isdigit():
+            continue
+        raw = await r.hget(k, "tags")
+        old = raw.decode() if isinstance(raw, bytes) else (raw or "")
+        if _is_tag_list(old):
+            continue
+        await r.hset(k, "tags", _encode_tags(tuple(t for t in old.split(",") if t)))
+
+
+def _is_tag_list(raw: str) -> bool:
+    try:
+        v = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(v, list) and all(isinstance(t, str) for t in v)
+
+
 _MIGRATIONS: list[tuple[int, Callable[[NotesStore], Awaitable[None]]]] = [
     (1, _m1_initial),
     (2, _m2_index),
+    (3, _m3_tags_json),
 ]
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
