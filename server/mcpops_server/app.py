@@ -572,7 +572,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        ref.store = NotesStore(redis, s.redis.key_prefix)
+        ref.store = NotesStore(redis, s.redis.key_prefix, s.notes)
         if not s.server.app:
             try:
                 v = await ref.store.schema_version()

@@ -25,9 +25,16 @@ class StoreRef:
 
 
 INSTRUCTIONS = (
-    "Reference toolset of mcpops-server: a shared notes store (notes_add, notes_get, notes_search, "
+    "Reference toolset of mcpops-server: a notes store (notes_add, notes_get, notes_search, "
     "notes_delete) and slow_count, which streams progress notifications."
 )
+
+
+def _principal(ctx: Context) -> str | None:
+    """Who is calling: the principal the auth gate put in the request's state (None without auth)."""
+    request = ctx.request_context.request
+    state = getattr(request, "scope", {}).get("state") or {}
+    return state.get("principal")
 
 
 def build_reference_server(
@@ -42,16 +49,19 @@ def build_reference_server(
 
     @mcp.tool(description="Store a note (title, body, optional tags) and return it with its new id.")
     async def notes_add(
+        ctx: Context,
         title: Annotated[str, Field(description="Short title", min_length=1, max_length=200)],
         body: Annotated[str, Field(description="Note text", max_length=100_000)] = "",
         tags: Annotated[list[str], Field(description="Optional tags", max_length=20)] = [],  # noqa: B006
     ) -> dict[str, Any]:
-        note = await ref.get().add(title, body, tags)
+        note = await ref.get().add(_principal(ctx), title, body, tags)
         return note.as_dict()
 
     @mcp.tool(description="Fetch one note by id.")
-    async def notes_get(note_id: Annotated[int, Field(description="Note id", ge=1)]) -> dict[str, Any]:
-        note = await ref.get().get(note_id)
+    async def notes_get(
+        ctx: Context, note_id: Annotated[int, Field(description="Note id", ge=1)]
+    ) -> dict[str, Any]:
+        note = await ref.get().get(_principal(ctx), note_id)
         if note is None:
             raise ToolError(f"note {note_id} not found")
         return note.as_dict()
@@ -62,16 +72,19 @@ def build_reference_server(
         )
     )
     async def notes_search(
+        ctx: Context,
         query: Annotated[str, Field(description="Text to look for; empty matches every note")] = "",
         tag: Annotated[str | None, Field(description="Only notes carrying this tag")] = None,
         limit: Annotated[int, Field(description="Maximum number of notes returned", ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
-        notes = await ref.get().search(query, tag, limit)
+        notes = await ref.get().search(_principal(ctx), query, tag, limit)
         return {"count": len(notes), "notes": [n.as_dict() for n in notes]}
 
     @mcp.tool(description="Delete a note by id. Returns whether a note was deleted.")
-    async def notes_delete(note_id: Annotated[int, Field(description="Note id", ge=1)]) -> dict[str, Any]:
-        return {"deleted": await ref.get().delete(note_id), "id": note_id}
+    async def notes_delete(
+        ctx: Context, note_id: Annotated[int, Field(description="Note id", ge=1)]
+    ) -> dict[str, Any]:
+        return {"deleted": await ref.get().delete(_principal(ctx), note_id), "id": note_id}
 
     @mcp.tool(
         description=(
