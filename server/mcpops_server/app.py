@@ -506,7 +506,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
             if s.server.request_state_keys
             else None
         )
-        server = build_reference_server(s.server.name, ref, security)
+        server = build_reference_server(s.server.name, ref, security, s.notes)
     rt.mcp_server = server
     lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
     if s.server.request_state_keys and s.server.app:
