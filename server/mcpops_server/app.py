@@ -613,7 +613,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
             if s.server.request_state_keys
             else None
         )
-        server = build_reference_server(s.server.name, ref, security)
+        server = build_reference_server(s.server.name, ref, security, s.notes)
     rt.mcp_server = server
     lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
     if s.server.request_state_keys and s.server.app:
@@ -683,7 +683,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        ref.store = NotesStore(redis, s.redis.key_prefix)
+        ref.store = NotesStore(redis, s.redis.key_prefix, s.notes)
         if not s.server.app:
             try:
                 v = await ref.store.schema_version()

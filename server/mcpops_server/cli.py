@@ -83,7 +83,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, bool]:
         redis = redis_client(settings)
         try:
-            return await NotesStore(redis, settings.redis.key_prefix).migrate()
+            return await NotesStore(redis, settings.redis.key_prefix, settings.notes).migrate()
         finally:
             await redis.aclose()
 

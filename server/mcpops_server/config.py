@@ -168,6 +168,22 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class NotesSettings:
+    """Bounds of the reference toolset's notes store (what one caller may make the server hold)."""
+
+    shared: bool = False  # one store for every caller; else each principal (token sub) has its own
+    max_bytes: int = 16_384  # UTF-8 bytes of a note's body
+    max_title_length: int = 200  # characters of a title
+    max_query_length: int = 200  # characters of a search query
+    max_tag_length: int = 64  # characters of one tag
+    max_tags: int = 16  # tags on one note
+    max_per_principal: int = 1000  # notes one principal may keep (the whole store when shared)
+    max_result_bytes: int = 262_144  # UTF-8 bytes of the notes one search returns (at least one note)
+    max_concurrent_searches: int = 4  # searches running at once in one instance
+    search_wait: float = 1.0  # seconds a search waits for a free slot before answering "busy"
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -179,6 +195,7 @@ class Settings:
     health: HealthSettings = HealthSettings()
     tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
+    notes: NotesSettings = NotesSettings()
     config_path: str | None = None
     warnings: tuple[str, ...] = ()  # accepted but risky: "<setting> = <value>: <why>"
 
@@ -421,6 +438,18 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_overflow": _Key(_as_int(0, 1000), "DB_MAX_OVERFLOW"),
         "echo": _Key(_as_bool),
     },
+    "notes": {
+        "shared": _Key(_as_bool, "NOTES_SHARED"),
+        "max_bytes": _Key(_as_int(1, 1 << 20), "NOTES_MAX_BYTES"),
+        "max_title_length": _Key(_as_int(1, 10_000), "NOTES_MAX_TITLE_LENGTH"),
+        "max_query_length": _Key(_as_int(1, 10_000), "NOTES_MAX_QUERY_LENGTH"),
+        "max_tag_length": _Key(_as_int(1, 1000), "NOTES_MAX_TAG_LENGTH"),
+        "max_tags": _Key(_as_int(0, 1000), "NOTES_MAX_TAGS"),
+        "max_per_principal": _Key(_as_int(1, 1_000_000), "NOTES_MAX_PER_PRINCIPAL"),
+        "max_result_bytes": _Key(_as_int(1024, 16 << 20), "NOTES_MAX_RESULT_BYTES"),
+        "max_concurrent_searches": _Key(_as_int(1, 1000), "NOTES_MAX_CONCURRENT_SEARCHES"),
+        "search_wait": _Key(_as_float(0, 60), "NOTES_SEARCH_WAIT"),
+    },
 }
 
 _SECTION_TYPES: dict[str, type] = {
@@ -434,6 +463,7 @@ _SECTION_TYPES: dict[str, type] = {
     "health": HealthSettings,
     "tls": TlsSettings,
     "database": DatabaseSettings,
+    "notes": NotesSettings,
 }
 
 ENV_VARS: dict[str, str] = {

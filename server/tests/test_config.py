@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from mcpops_server.config import ConfigError, load_settings
+from mcpops_server.config import ConfigError, NotesSettings, load_settings
 from mcpops_testlib import PYTHON, PYTHONPATH, ServerProc, wait_for
 
 GOOD_ENV = {
@@ -354,3 +354,35 @@ def test_the_start_up_line_redacts_urls_and_carries_the_warnings(tmp_path, redis
         assert warned and warned[0]["message"].startswith("MCP_TRUSTED_PROXIES = 10.0.0.0/6: "), warned
     finally:
         s.stop()
+
+
+def test_notes_bounds_are_settings(tmp_path):
+    d = load_settings(None, {**GOOD_ENV, "MCPOPS_CONFIG": ""}).notes
+    assert (d.shared, d.max_bytes, d.max_tag_length, d.max_tags, d.max_per_principal) == (
+        False,
+        16384,
+        64,
+        16,
+        1000,
+    )
+    assert d.max_concurrent_searches == 4 and d.search_wait == 1.0
+    (tmp_path / "c.yaml").write_text("notes:\n  shared: true\n  max_bytes: 4096\n  max_tags: 3\n")
+    s = load_settings(str(tmp_path / "c.yaml"), {**GOOD_ENV, "NOTES_MAX_TAGS": "5"}).notes
+    assert (s.shared, s.max_bytes, s.max_tags) == (True, 4096, 5)  # the environment wins
+    lines = problems(
+        {
+            "NOTES_MAX_BYTES": "0",
+            "NOTES_MAX_TAG_LENGTH": "many",
+            "NOTES_MAX_CONCURRENT_SEARCHES": "0",
+            "NOTES_SHARED": "sometimes",
+        }
+    )
+    assert sorted(lines) == [
+        "config: NOTES_MAX_BYTES = 0: an integer from 1 to 1048576",
+        "config: NOTES_MAX_CONCURRENT_SEARCHES = 0: an integer from 1 to 1000",
+        "config: NOTES_MAX_TAG_LENGTH = many: an integer from 1 to 1000",
+        "config: NOTES_SHARED = sometimes: true or false",
+    ]
+    assert problems(yaml_text="notes:\n  max_tgas: 3\n", tmp_path=tmp_path) == [
+        "config: notes.max_tgas = ...: a known key: " + ", ".join(sorted(NotesSettings.__dataclass_fields__))
+    ]

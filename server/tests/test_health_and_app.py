@@ -9,6 +9,7 @@ import uuid
 import anyio
 import httpx2
 from conftest import mcp_session
+from mcpops_server.notes import SCHEMA_VERSION
 from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, PYTHON, PYTHONPATH, wait_for
 
 
@@ -109,9 +110,9 @@ def test_migrate_is_idempotent(redis_srv, tmp_path):
     cmd = [PYTHON, "-m", "mcpops_server.cli", "migrate"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "schema_version=2 changed=true"
+    assert first.stdout.strip() == f"schema_version={SCHEMA_VERSION} changed=true"
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert second.stdout.strip() == "schema_version=2 changed=false"
+    assert second.stdout.strip() == f"schema_version={SCHEMA_VERSION} changed=false"
 
 
 def test_notes_survive_a_restart(fleet):
