@@ -133,6 +133,9 @@ class RateLimitSettings:
     enabled: bool = True
     requests_per_minute: int = 600
     on_redis_error: str = "allow"
+    timeout: float = 0.25  # deadline of one check in Redis, no retries
+    breaker_failures: int = 3  # consecutive failed checks that open the breaker
+    breaker_cooldown: float = 5.0  # seconds the open breaker answers without Redis before one probe
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "enabled": _Key(_as_bool, "RATE_LIMIT_ENABLED"),
         "requests_per_minute": _Key(_as_int(1, 10_000_000), "RATE_LIMIT_PER_MINUTE"),
         "on_redis_error": _Key(_choice("allow", "deny", lower=True), "RATE_LIMIT_ON_REDIS_ERROR"),
+        "timeout": _Key(_as_float(0, 10, lo_open=True), "RATE_LIMIT_TIMEOUT"),
+        "breaker_failures": _Key(_as_int(1, 1000), "RATE_LIMIT_BREAKER_FAILURES"),
+        "breaker_cooldown": _Key(_as_float(0, 600, lo_open=True), "RATE_LIMIT_BREAKER_COOLDOWN"),
     },
     "health": {
         "timeout": _Key(_as_float(0, 30, lo_open=True), "HEALTH_TIMEOUT"),

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 REDIS_BIN = "/usr/bin/redis-server"
 PYTHON = sys.executable
 FIXTURES = Path(__file__).parent / "fixtures"
+SERVER_DIR = Path(__file__).resolve().parents[1]  # this checkout's server/, whatever the venv has installed
 
 
 # A raw JSON-RPC initialize, for tests that speak HTTP below the SDK's client
@@ -101,6 +102,16 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis hangs (SIGSTOP): connections are accepted by the kernel, nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
 
 # --------------------------------------------------------------------------------------- issuer
@@ -241,7 +252,7 @@ class ServerProc:
         self.log_path = workdir / f"{name}.log"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(FIXTURES),
+            "PYTHONPATH": os.pathsep.join((str(FIXTURES), str(SERVER_DIR))),
             "MCP_SERVER_PORT": str(self.port),
             "MCPOPS_CONFIG": str(workdir / "empty.yaml"),
             "LOG_LEVEL": "INFO",

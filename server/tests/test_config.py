@@ -89,6 +89,12 @@ ENV_CASES = [
     ({"RATE_LIMIT_ENABLED": "x"}, "config: RATE_LIMIT_ENABLED = x: true or false"),
     ({"RATE_LIMIT_PER_MINUTE": "0"}, "config: RATE_LIMIT_PER_MINUTE = 0: an integer from 1 to"),
     ({"RATE_LIMIT_ON_REDIS_ERROR": "shrug"}, "config: RATE_LIMIT_ON_REDIS_ERROR = shrug: one of allow, deny"),
+    ({"RATE_LIMIT_TIMEOUT": "0"}, "config: RATE_LIMIT_TIMEOUT = 0: a number of seconds > 0 and <= 10"),
+    ({"RATE_LIMIT_BREAKER_FAILURES": "0"}, "config: RATE_LIMIT_BREAKER_FAILURES = 0: an integer from 1 to"),
+    (
+        {"RATE_LIMIT_BREAKER_COOLDOWN": "x"},
+        "config: RATE_LIMIT_BREAKER_COOLDOWN = x: a number of seconds > 0",
+    ),
     ({"HEALTH_TIMEOUT": "100"}, "config: HEALTH_TIMEOUT = 100: a number of seconds > 0 and <= 30"),
     ({"TLS_CERT_FILE": "/nonexistent.pem"}, "config: TLS_CERT_FILE = /nonexistent.pem: the path"),
     ({"DB_POOL_SIZE": "0"}, "config: DB_POOL_SIZE = 0: an integer from 1 to 1000"),
