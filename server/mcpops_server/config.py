@@ -87,6 +87,7 @@ class AuthSettings:
     token_cache_ttl: float = 300.0
     leeway: float = 30.0
     fetch_timeout: float = 2.0
+    jwks_max_age: float = 300.0  # ceiling of the JWKS refresh interval (the issuer's max-age below it)
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "token_cache_ttl": _Key(_as_float(0, 86400), "AUTH_TOKEN_CACHE_TTL"),
         "leeway": _Key(_as_float(0, 300), "AUTH_LEEWAY"),
         "fetch_timeout": _Key(_as_float(0, 60, lo_open=True), "AUTH_FETCH_TIMEOUT"),
+        "jwks_max_age": _Key(_as_float(1, 86400), "AUTH_JWKS_MAX_AGE"),
     },
     "redis": {
         "url": _Key(_as_str, "REDIS_URL"),

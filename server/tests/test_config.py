@@ -66,6 +66,7 @@ ENV_CASES = [
     ({"AUTH_TOKEN_CACHE_TTL": "x"}, "config: AUTH_TOKEN_CACHE_TTL = x: a number of seconds >= 0"),
     ({"AUTH_LEEWAY": "3600"}, "config: AUTH_LEEWAY = 3600: a number of seconds >= 0 and <= 300"),
     ({"AUTH_FETCH_TIMEOUT": "0"}, "config: AUTH_FETCH_TIMEOUT = 0: a number of seconds > 0"),
+    ({"AUTH_JWKS_MAX_AGE": "0.5"}, "config: AUTH_JWKS_MAX_AGE = 0.5: a number of seconds >= 1 and <= 86400"),
     ({"REDIS_URL": "http://x"}, "config: REDIS_URL = http://x: redis://[user@]host:port/db"),
     (
         {"REDIS_URL": "redis://u:hunter2@h:6379/0"},
