@@ -142,6 +142,7 @@ class RateLimitSettings:
 @dataclass(frozen=True)
 class HealthSettings:
     timeout: float = 1.0
+    cache_ttl: float = 2.0  # seconds a result is served to every caller before the checks run again
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "health": {
         "timeout": _Key(_as_float(0, 30, lo_open=True), "HEALTH_TIMEOUT"),
+        "cache_ttl": _Key(_as_float(0, 60), "HEALTH_CACHE_TTL"),
     },
     "tls": {
         "cert_file": _Key(_readable_file, "TLS_CERT_FILE"),

@@ -97,6 +97,7 @@ ENV_CASES = [
         "config: RATE_LIMIT_BREAKER_COOLDOWN = x: a number of seconds > 0",
     ),
     ({"HEALTH_TIMEOUT": "100"}, "config: HEALTH_TIMEOUT = 100: a number of seconds > 0 and <= 30"),
+    ({"HEALTH_CACHE_TTL": "-1"}, "config: HEALTH_CACHE_TTL = -1: a number of seconds >= 0 and <= 60"),
     ({"TLS_CERT_FILE": "/nonexistent.pem"}, "config: TLS_CERT_FILE = /nonexistent.pem: the path"),
     ({"DB_POOL_SIZE": "0"}, "config: DB_POOL_SIZE = 0: an integer from 1 to 1000"),
 ]
