@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from mcpops_server.config import ConfigError, load_settings
-from mcpops_testlib import PYTHON
+from mcpops_testlib import PYTHON, SERVER_DIR
 
 GOOD_ENV = {
     "AUTH_ISSUER_URL": "https://issuer.example",
@@ -189,7 +189,11 @@ def test_valid_configuration_and_precedence(tmp_path):
 
 
 def _cli(args, env, tmp_path):
-    base = {"PATH": "/usr/bin:/bin", "MCPOPS_CONFIG": str(tmp_path / "missing-ok.yaml")}
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(SERVER_DIR),
+        "MCPOPS_CONFIG": str(tmp_path / "missing-ok.yaml"),
+    }
     (tmp_path / "missing-ok.yaml").write_text("{}\n")
     return subprocess.run(
         [PYTHON, "-m", "mcpops_server.cli", *args],

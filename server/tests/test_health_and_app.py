@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import httpx2
 from conftest import mcp_session
-from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, PYTHON, wait_for
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, PYTHON, SERVER_DIR, wait_for
 
 
 def test_health_503_while_redis_is_down_and_200_after(fleet, redis_health):
@@ -123,6 +123,7 @@ def test_user_app_gets_the_same_treatment(fleet, issuer):
 def test_migrate_is_idempotent(redis_srv, tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(SERVER_DIR),
         "REDIS_URL": redis_srv.url,
         "REDIS_KEY_PREFIX": f"mig-{uuid.uuid4().hex[:6]}:",
     }
