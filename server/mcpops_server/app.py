@@ -34,7 +34,8 @@ from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
 from mcp_types import INVALID_PARAMS, CallToolResult, PaginatedRequestParams
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -88,17 +89,25 @@ def load_user_app(spec: str) -> MCPServer | Server[Any]:
     return obj
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(settings: Settings, *, timeout: float | None = None, retry: bool = True) -> Redis:
+    """A pooled client. ``timeout`` (default ``redis.socket_timeout``) bounds each wait: for a free
+    connection, to connect, for a reply. ``retry`` allows one reconnect after a broken connection
+    (a Redis restart, an idle connection dropped); a timeout is never retried."""
     r = settings.redis
+    timeout = r.socket_timeout if timeout is None else timeout
     pool = BlockingConnectionPool.from_url(
         r.url,
         max_connections=r.max_connections,
-        timeout=r.socket_timeout,
+        timeout=timeout,
         username=r.username,
         password=r.password,
-        socket_timeout=r.socket_timeout,
-        socket_connect_timeout=min(r.socket_timeout, 2.0),
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 2.0),
+        retry=(
+            Retry(ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(RedisConnectionError,))
+            if retry
+            else Retry(NoBackoff(), 0)
+        ),
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
@@ -160,22 +169,19 @@ class RateLimitGate:
         if decision.allowed:
             await self.app(scope, receive, send)
             return
-        metrics.ratelimit_rejected_total.inc()
+        if decision.status == 429:
+            metrics.ratelimit_rejected_total.inc()
+            message = f"Rate limit exceeded; retry after {decision.retry_after} s"
+        else:
+            message = f"Rate limit cannot be checked; retry after {decision.retry_after} s"
         state["rate_limited"] = True
         body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": None,
-                "error": {
-                    "code": -32000,
-                    "message": f"Rate limit exceeded; retry after {decision.retry_after} s",
-                },
-            }
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
         ).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 429,
+                "status": decision.status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -641,8 +647,11 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
     chain: Any = rt.inflight
     redis = redis_client(s)
     rt.redis = redis
-    if s.ratelimit.enabled:
-        chain = RateLimitGate(chain, RateLimiter(redis, s.ratelimit, s.redis.key_prefix), client_address)
+    # The limiter sits on every request: a pool of its own, its own short deadline, no retries.
+    limiter_redis = redis_client(s, timeout=s.ratelimit.timeout, retry=False) if s.ratelimit.enabled else None
+    if limiter_redis is not None:
+        limiter = RateLimiter(limiter_redis, s.ratelimit, s.redis.key_prefix)
+        chain = RateLimitGate(chain, limiter, client_address)
     routes: list[BaseRoute] = []
     if s.auth.enabled:
         assert s.auth.resource_server_url
@@ -702,6 +711,8 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
             if rt.verifier is not None:
                 await rt.verifier.aclose()
             await redis.aclose()
+            if limiter_redis is not None:
+                await limiter_redis.aclose()
 
     inner = Starlette(routes=routes, lifespan=lifespan)
     gateway = Gateway(s, chain, inner, client_address)

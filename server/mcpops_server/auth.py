@@ -1,8 +1,7 @@
 """OAuth 2.1 resource server: JWT access tokens verified against the issuer's JWKS.
 
-Keys come from (in order) ``auth.jwks_file`` (pinned, no network), ``auth.jwks_url``, or the
-``jwks_uri`` of the issuer's metadata, discovered with RFC 8414 and then OpenID Connect
-discovery. Keys are cached; a token naming an unknown ``kid`` triggers a (throttled) refetch.
+The keys are held by ``jwks.KeyStore`` (discovery, scheduled refresh, key rotation); a token
+naming an unknown ``kid`` triggers a (throttled) refetch.
 
 Checks: the header's ``alg`` must be on the explicit allow-list (never ``none`` or ``HS*``) and
 fit the key's type; ``iss`` must equal the configured issuer exactly; ``aud`` must contain the
@@ -10,17 +9,16 @@ resource URL (RFC 8707); ``exp`` is required and ``exp``/``nbf``/``iat`` are che
 leeway; required scopes come from ``scope`` (space-separated) or ``scp`` (list).
 
 Verified tokens are cached for ``token_cache_ttl`` (never past their ``exp``), so a short JWKS
-outage does not log anybody out.
+outage does not log anybody out; a cached token whose key the issuer no longer publishes is
+refused at its next use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,18 +31,12 @@ from starlette.authentication import AuthCredentials
 
 from . import metrics
 from .config import AuthSettings
+from .jwks import KTY_ALGS, FetchError, KeyStore
 from .logging import user_id_var
 
 logger = logging.getLogger("mcpops.auth")
 
-_REFETCH_MIN_INTERVAL = 10.0
 _CACHE_MAX = 10_000
-
-_KTY_ALGS = {
-    "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
-    "EC": {"ES256", "ES384", "ES512"},
-    "OKP": {"EdDSA"},
-}
 _EC_CURVE_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 
 
@@ -54,6 +46,7 @@ class Verified:
     principal: str
     scopes: frozenset[str]
     cache_until: float
+    key: str  # fingerprint of the key that verified it: the token is good while the issuer publishes it
 
 
 class AuthFailure(Exception):
@@ -72,20 +65,6 @@ def resource_metadata_url(resource_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/.well-known/oauth-protected-resource" + path, "", ""))
 
 
-def discovery_urls(issuer: str) -> list[str]:
-    """RFC 8414 first, then OpenID Connect discovery (path-inserted, then path-appended)."""
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    base = (parts.scheme, parts.netloc)
-    urls = [
-        urlunsplit((*base, "/.well-known/oauth-authorization-server" + path, "", "")),
-        urlunsplit((*base, "/.well-known/openid-configuration" + path, "", "")),
-    ]
-    if path:
-        urls.append(urlunsplit((*base, path + "/.well-known/openid-configuration", "", "")))
-    return urls
-
-
 class JWKSVerifier:
     def __init__(self, settings: AuthSettings):
         assert settings.resource_server_url and settings.issuer_url
@@ -95,134 +74,46 @@ class JWKSVerifier:
         self.audiences = sorted({rs, rs.rstrip("/"), rs.rstrip("/") + "/"})
         self.algorithms = frozenset(a for a in settings.algorithms if a != "none" and not a.startswith("HS"))
         self.required_scopes = tuple(settings.required_scopes)
-        self.jwks_uri: str | None = settings.jwks_url
-        self._keys: dict[str | None, PyJWK] = {}
+        self.keys = KeyStore(settings)
         self._cache: dict[str, Verified] = {}
-        self._fetch_lock = asyncio.Lock()
-        self._last_fetch = 0.0
-        self.last_fetch_error: str | None = None
-        self._client: Any = None
 
     # ---------------------------------------------------------------- keys
     @property
-    def pinned(self) -> bool:
-        return bool(self.settings.jwks_file)
-
-    def _install(self, doc: Any) -> int:
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise ValueError("not a JWK set")
-        keys: dict[str | None, PyJWK] = {}
-        for jwk in doc["keys"]:
-            if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig" or jwk.get("kty") not in _KTY_ALGS:
-                continue
-            if any(p in jwk for p in ("d", "k")):
-                continue  # never accept private or symmetric material as a verification key
-            try:
-                keys[jwk.get("kid")] = PyJWK(jwk)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-                logger.warning("ignoring a JWK the server cannot use: %s", exc)
-        if not keys:
-            raise ValueError("no usable signing keys")
-        self._keys = keys
-        return len(keys)
+    def jwks_uri(self) -> str | None:
+        return self.keys.jwks_uri
 
     async def start(self) -> None:
-        if self.pinned:
-            assert self.settings.jwks_file
-            n = self._install(_read_json_file(self.settings.jwks_file))
-            logger.info("loaded %d pinned verification key(s) from %s", n, self.settings.jwks_file)
-            return
-        try:
-            await self.refresh(force=True)
-        except Exception as exc:
-            logger.warning("could not fetch the issuer's keys at start-up (will retry on demand): %s", exc)
+        await self.keys.start()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _http(self) -> Any:
-        if self._client is None:
-            import httpx2  # the SDK's HTTP client; imported lazily (pinned keys need no network)
-
-            self._client = httpx2.AsyncClient(timeout=self.settings.fetch_timeout, follow_redirects=False)
-        return self._client
-
-    async def _get_json(self, url: str, deadline: float | None = None) -> Any:
-        async with asyncio.timeout(deadline or self.settings.fetch_timeout):
-            resp = await self._http().get(url, headers={"Accept": "application/json"})
-        if resp.status_code != 200:
-            raise ValueError(f"GET {url}: HTTP {resp.status_code}")
-        return resp.json()
-
-    async def discover(self, deadline: float | None = None) -> str:
-        errors = []
-        for url in discovery_urls(self.issuer):
-            try:
-                meta = await self._get_json(url, deadline)
-            except Exception as exc:
-                errors.append(f"{url}: {exc.__class__.__name__}")
-                continue
-            if not isinstance(meta, dict) or meta.get("issuer") != self.issuer:
-                errors.append(f"{url}: issuer does not match")
-                continue
-            if not isinstance(meta.get("jwks_uri"), str):
-                errors.append(f"{url}: no jwks_uri")
-                continue
-            return meta["jwks_uri"]
-        raise ValueError("metadata discovery failed: " + "; ".join(errors))
+        await self.keys.aclose()
 
     async def refresh(self, *, force: bool = False) -> bool:
-        """Fetch the key set (throttled unless forced). True if new keys were installed."""
-        if self.pinned:
-            return False
-        async with self._fetch_lock:
-            now = time.monotonic()
-            if not force and now - self._last_fetch < _REFETCH_MIN_INTERVAL:
-                return False
-            self._last_fetch = now
-            try:
-                if self.jwks_uri is None:
-                    self.jwks_uri = await self.discover()
-                self._install(await self._get_json(self.jwks_uri))
-            except Exception as exc:
-                self.last_fetch_error = f"{exc.__class__.__name__}: {exc}"
-                metrics.jwks_fetches_total.labels(result="error").inc()
-                raise
-            self.last_fetch_error = None
-            metrics.jwks_fetches_total.labels(result="ok").inc()
-            return True
-
-    async def check(self, deadline: float) -> str:
-        """Health probe: is the issuer's key endpoint answering?"""
-        if self.pinned:
-            return "ok"
-        uri = self.jwks_uri or await self.discover(deadline)
-        await self._get_json(uri, deadline)
-        return "ok"
+        """Fetch the key set (throttled unless forced). True if a fetch ran."""
+        if force:
+            await self.keys.refresh()
+            return not self.keys.pinned
+        return await self.keys.refresh_on_demand()
 
     # ---------------------------------------------------------------- tokens
-    async def _key_for(self, kid: str | None) -> PyJWK:
-        key = self._keys.get(kid)
-        if key is None and kid is None and len(self._keys) == 1:
-            key = next(iter(self._keys.values()))
-        if key is not None:
-            return key
+    async def _key_for(self, kid: str | None) -> tuple[PyJWK, str]:
+        found = self.keys.get(kid)
+        if found is not None:
+            return found
         try:
-            await self.refresh()
-        except Exception:
+            await self.keys.refresh_on_demand()
+        except FetchError:
             raise AuthFailure("jwks_unavailable", "The issuer's signing keys are unavailable") from None
-        key = self._keys.get(kid)
-        if key is None:
+        found = self.keys.get(kid)
+        if found is None:
             raise AuthFailure("unknown_kid", "Unknown signing key")
-        return key
+        return found
 
     async def verify(self, token: str) -> Verified:
         now = time.time()
         hit = self._cache.get(token)
         if hit is not None:
-            if hit.cache_until > now:
+            if hit.cache_until > now and hit.key in self.keys.fingerprints:
                 return hit
             self._cache.pop(token, None)
         verified = await self._verify(token, now)
@@ -249,7 +140,7 @@ class JWKSVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthFailure("malformed", "The access token is malformed")
-        jwk = await self._key_for(kid)
+        jwk, fingerprint = await self._key_for(kid)
         if not _alg_fits(alg, jwk):
             raise AuthFailure("bad_alg", "The token's signing algorithm does not match its key")
         try:
@@ -294,11 +185,7 @@ class JWKSVerifier:
         )
         principal = f"sub:{sub}" if sub is not None else f"client:{client_id}"
         until = min(now + self.settings.token_cache_ttl, exp + self.settings.leeway)
-        return Verified(access, principal, frozenset(scopes), until)
-
-
-def _read_json_file(path: str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+        return Verified(access, principal, frozenset(scopes), until, fingerprint)
 
 
 def _alg_fits(alg: str, jwk: PyJWK) -> bool:
@@ -306,7 +193,7 @@ def _alg_fits(alg: str, jwk: PyJWK) -> bool:
     if data.get("alg") is not None and data["alg"] != alg:
         return False
     kty = data.get("kty")
-    if alg not in _KTY_ALGS.get(kty, ()):
+    if alg not in KTY_ALGS.get(kty, ()):
         return False
     return not (kty == "EC" and _EC_CURVE_ALG.get(data.get("crv", "")) != alg)
 

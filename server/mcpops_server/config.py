@@ -94,6 +94,7 @@ class AuthSettings:
     token_cache_ttl: float = 300.0
     leeway: float = 30.0
     fetch_timeout: float = 2.0
+    jwks_max_age: float = 300.0  # ceiling of the JWKS refresh interval (the issuer's max-age below it)
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,15 @@ class RateLimitSettings:
     enabled: bool = True
     requests_per_minute: int = 600
     on_redis_error: str = "allow"
+    timeout: float = 0.25  # deadline of one check in Redis, no retries
+    breaker_failures: int = 3  # consecutive failed checks that open the breaker
+    breaker_cooldown: float = 5.0  # seconds the open breaker answers without Redis before one probe
 
 
 @dataclass(frozen=True)
 class HealthSettings:
     timeout: float = 1.0
+    cache_ttl: float = 2.0  # seconds a result is served to every caller before the checks run again
 
 
 @dataclass(frozen=True)
@@ -394,6 +399,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "token_cache_ttl": _Key(_as_float(0, 86400), "AUTH_TOKEN_CACHE_TTL"),
         "leeway": _Key(_as_float(0, 300), "AUTH_LEEWAY"),
         "fetch_timeout": _Key(_as_float(0, 60, lo_open=True), "AUTH_FETCH_TIMEOUT"),
+        "jwks_max_age": _Key(_as_float(1, 86400), "AUTH_JWKS_MAX_AGE"),
     },
     "redis": {
         "url": _Key(_as_str, "REDIS_URL"),
@@ -424,9 +430,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "enabled": _Key(_as_bool, "RATE_LIMIT_ENABLED"),
         "requests_per_minute": _Key(_as_int(1, 10_000_000), "RATE_LIMIT_PER_MINUTE"),
         "on_redis_error": _Key(_choice("allow", "deny", lower=True), "RATE_LIMIT_ON_REDIS_ERROR"),
+        "timeout": _Key(_as_float(0, 10, lo_open=True), "RATE_LIMIT_TIMEOUT"),
+        "breaker_failures": _Key(_as_int(1, 1000), "RATE_LIMIT_BREAKER_FAILURES"),
+        "breaker_cooldown": _Key(_as_float(0, 600, lo_open=True), "RATE_LIMIT_BREAKER_COOLDOWN"),
     },
     "health": {
         "timeout": _Key(_as_float(0, 30, lo_open=True), "HEALTH_TIMEOUT"),
+        "cache_ttl": _Key(_as_float(0, 60), "HEALTH_CACHE_TTL"),
     },
     "tls": {
         "cert_file": _Key(_readable_file, "TLS_CERT_FILE"),

@@ -52,6 +52,14 @@ ratelimit_rejected_total = Counter("mcp_ratelimit_rejected_total", "Requests ref
 ratelimit_redis_errors_total = Counter(
     "mcp_ratelimit_redis_errors_total", "Rate limit checks that could not reach Redis", ["action"]
 )
+ratelimit_breaker_open = Gauge(
+    "mcp_ratelimit_breaker_open", "1 while the rate limiter's circuit breaker keeps requests off Redis"
+)
+ratelimit_short_circuited_total = Counter(
+    "mcp_ratelimit_short_circuited_total",
+    "Requests decided by ratelimit.on_redis_error without asking Redis (breaker open)",
+    ["action"],
+)
 jwks_fetches_total = Counter("mcp_jwks_fetches_total", "JWKS (and metadata) fetches", ["result"])
 sessions_active = Gauge("mcp_sessions_active", "Open stateful MCP sessions on this instance")
 sessions_rejected_total = Counter(

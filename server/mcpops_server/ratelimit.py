@@ -9,15 +9,24 @@ so with N instances serving the same principal in the same minute the limit can 
 (N-1)/20 of the limit early; it never lets more than the limit through. Once a principal is over
 the limit in a window, the instance answers 429 locally until the window ends.
 
-When Redis cannot be reached the request is allowed or refused as ``ratelimit.on_redis_error``
-says, counted in ``mcp_ratelimit_redis_errors_total`` and logged (at most every 10 s).
+Redis sits on the path of every request, so a Redis that hangs must not hang the requests: each
+check has its own deadline (``ratelimit.timeout``, a fraction of a second, no retries). A check that
+fails or runs out of time lets the request through or refuses it (503) as
+``ratelimit.on_redis_error`` says, counted in ``mcp_ratelimit_redis_errors_total`` and logged (at
+most every 10 s). After ``ratelimit.breaker_failures`` failures in a row a circuit breaker opens:
+for ``ratelimit.breaker_cooldown`` seconds requests follow ``on_redis_error`` without asking Redis
+(``mcp_ratelimit_short_circuited_total``, ``mcp_ratelimit_breaker_open``); then one request probes
+Redis, and its success closes the breaker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -37,6 +46,56 @@ class Decision:
     allowed: bool
     retry_after: int = 0
     limit: int = 0
+    status: int = 429  # of a refusal: 429 over the limit, 503 when the limit cannot be checked
+
+
+class Breaker:
+    """A consecutive-failure circuit breaker.
+
+    Closed: every call goes through. ``failures`` failures in a row open it for ``cooldown``
+    seconds, during which ``admit()`` says no. After that it is half-open: one call (the probe) is
+    admitted; its success closes the breaker, its failure opens it for another cooldown.
+    """
+
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic):
+        self.threshold = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.open_until: float | None = None  # set while open or half-open
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_until is not None
+
+    def admit(self) -> bool:
+        if self.open_until is None:
+            return True
+        if self.probing or self.clock() < self.open_until:
+            return False
+        self.probing = True
+        return True
+
+    def retry_after(self) -> float:
+        return max(0.0, self.open_until - self.clock()) if self.open_until is not None else 0.0
+
+    def success(self) -> bool:
+        """Record a call that worked; True when that closed the breaker."""
+        was_open = self.open_until is not None
+        self.failures = 0
+        self.open_until = None
+        self.probing = False
+        return was_open
+
+    def failure(self) -> bool:
+        """Record a failed call; True when that opened the breaker."""
+        self.failures += 1
+        was_open = self.open_until is not None
+        if was_open or self.failures >= self.threshold:
+            self.open_until = self.clock() + self.cooldown
+            self.probing = False
+        return not was_open and self.open_until is not None
 
 
 class _Lease:
@@ -54,9 +113,13 @@ class RateLimiter:
         self.limit = settings.requests_per_minute
         self.chunk = max(1, self.limit // CHUNK_DIVISOR)
         self.deny_on_error = settings.on_redis_error == "deny"
+        self.action = "deny" if self.deny_on_error else "allow"
+        self.timeout = settings.timeout
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self.prefix = key_prefix + "rl:"
         self._leases: dict[str, _Lease] = {}
         self._last_error_log = 0.0
+        metrics.ratelimit_breaker_open.set(0)
 
     def _key(self, principal: str, window: int) -> str:
         # Principals can be long or carry odd bytes (token subjects); hash them into a fixed shape.
@@ -76,13 +139,26 @@ class RateLimiter:
                 return Decision(True, limit=self.limit)
             if lease.denied:
                 return self._denied(window, now)
+        if not self.breaker.admit():
+            metrics.ratelimit_short_circuited_total.labels(action=self.action).inc()
+            return self._fallback()
         key = self._key(principal, window)
         try:
-            total = int(await self.redis.incrby(key, self.chunk))
-            if total == self.chunk or (total // self.chunk) % 64 == 0:
-                await self.redis.expire(key, WINDOW + 5)
-        except Exception as exc:
+            async with asyncio.timeout(self.timeout):
+                total = int(await self.redis.incrby(key, self.chunk))
+                if total == self.chunk or (total // self.chunk) % 64 == 0:
+                    await self.redis.expire(key, WINDOW + 5)
+        except asyncio.CancelledError:  # the request went away; a probe must not stay in flight
+            self._failed()
+            raise
+        except Exception as exc:  # includes running out of time (TimeoutError)
+            self._failed()
             return self._redis_error(exc, now)
+        if self.breaker.success():
+            metrics.ratelimit_breaker_open.set(0)
+            logger.info(
+                "rate limiter reaches Redis again; counting resumes", extra={"event": "ratelimit_breaker"}
+            )
         available = min(self.chunk, self.limit - (total - self.chunk))
         if len(self._leases) >= _MAX_LEASES:
             self._leases = {p: v for p, v in self._leases.items() if v.window == window}
@@ -92,17 +168,32 @@ class RateLimiter:
         self._leases[principal] = _Lease(window, available - 1, available < self.chunk)
         return Decision(True, limit=self.limit)
 
+    def _failed(self) -> None:
+        if self.breaker.failure():
+            metrics.ratelimit_breaker_open.set(1)
+            logger.warning(
+                "rate limiter: %d Redis checks failed in a row; %s requests without asking Redis for %g s",
+                self.breaker.failures,
+                "refusing" if self.deny_on_error else "allowing",
+                self.breaker.cooldown,
+                extra={"event": "ratelimit_breaker", "result": self.action},
+            )
+
     def _redis_error(self, exc: Exception, now: float) -> Decision:
-        action = "deny" if self.deny_on_error else "allow"
-        metrics.ratelimit_redis_errors_total.labels(action=action).inc()
+        metrics.ratelimit_redis_errors_total.labels(action=self.action).inc()
         if now - self._last_error_log > 10:
             self._last_error_log = now
             logger.warning(
                 "rate limit check failed, %s requests while Redis is unreachable: %s",
                 "refusing" if self.deny_on_error else "allowing",
-                exc.__class__.__name__,
-                extra={"event": "ratelimit_redis_error", "result": action},
+                "timed out" if isinstance(exc, TimeoutError) else exc.__class__.__name__,
+                extra={"event": "ratelimit_redis_error", "result": self.action},
             )
+        return self._fallback()
+
+    def _fallback(self) -> Decision:
+        """What ``on_redis_error`` says while the limit cannot be checked."""
         if self.deny_on_error:
-            return Decision(False, retry_after=5, limit=self.limit)
+            wait = max(1, math.ceil(self.breaker.retry_after() or self.breaker.cooldown))
+            return Decision(False, retry_after=wait, limit=self.limit, status=503)
         return Decision(True, limit=self.limit)

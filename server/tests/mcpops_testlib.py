@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # and the fixtures' example apps.
 SERVER_SRC = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join((str(SERVER_SRC), str(FIXTURES)))
+SERVER_DIR = SERVER_SRC  # the name some tests use
 
 
 # A raw JSON-RPC initialize, for tests that speak HTTP below the SDK's client
@@ -164,6 +165,16 @@ class RedisServer:
             self.proc.wait(10)
             self.proc = None
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis hangs (SIGSTOP): connections are accepted by the kernel, nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
 
 # --------------------------------------------------------------------------------------- issuer
 
@@ -183,6 +194,8 @@ class Issuer:
         self.rogue_key = ec.generate_private_key(ec.SECP256R1())  # never published
         self.extra_keys: list[tuple[str, Any]] = []  # (kid, EC private key) published after a rotation
         self.oidc_only = False  # serve only OpenID Connect discovery (path-appended form)
+        self.withdrawn: set[str] = set()  # kids no longer published (a rotated-out or revoked key)
+        self.jwks_cache_control: str | None = None  # Cache-Control header of the JWKS response
         self.jwks_hits = 0
         self.meta_hits = 0
         self._server: ThreadingHTTPServer | None = None
@@ -197,7 +210,7 @@ class Issuer:
             jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(k.public_key()))
             jwk.update(kid=kid, use="sig")
             keys.append(jwk)
-        return {"keys": keys}
+        return {"keys": [k for k in keys if k["kid"] not in self.withdrawn]}
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -221,12 +234,15 @@ class Issuer:
                     if issuer.oidc_only
                     else "/.well-known/oauth-authorization-server"
                 )
+                extra: list[tuple[str, str]] = []
                 if self.path == meta_path:
                     issuer.meta_hits += 1
                     body = json.dumps(issuer.metadata()).encode()
                 elif self.path == "/jwks.json":
                     issuer.jwks_hits += 1
                     body = json.dumps(issuer.jwks()).encode()
+                    if issuer.jwks_cache_control:
+                        extra.append(("cache-control", issuer.jwks_cache_control))
                 else:
                     self.send_response(404)
                     self.send_header("content-length", "0")
@@ -235,6 +251,8 @@ class Issuer:
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                for name, value in extra:
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

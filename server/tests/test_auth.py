@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, Issuer, ServerProc, wait_for
 
 
 def _call(server, token: str | None):
@@ -108,3 +110,46 @@ def test_unknown_kid_triggers_a_refetch(fleet, issuer):
     # at least once in this process's life through discovery.
     assert issuer.meta_hits >= 1 and issuer.jwks_hits >= 1
     assert issuer.jwks_hits >= before
+
+
+@pytest.fixture(scope="module")
+def rotating(workdir, redis_srv) -> Iterator[tuple[Issuer, ServerProc]]:
+    """An issuer of its own (the test withdraws a key) and an instance refreshing its keys every second."""
+    iss = Issuer()
+    iss.extra_keys.append(("old", ec.generate_private_key(ec.SECP256R1())))
+    iss.start()
+    s = ServerProc("rotating", workdir / "rotating", {})
+    s.env.update(
+        {
+            "REDIS_URL": redis_srv.url,
+            "REDIS_KEY_PREFIX": "t-rot:",
+            "AUTH_SERVER_URL": iss.url,
+            "RESOURCE_SERVER_URL": f"http://127.0.0.1:{s.port}/mcp",
+            "AUTH_JWKS_MAX_AGE": "1",
+        }
+    )
+    try:
+        s.start()
+        yield iss, s
+    finally:
+        with contextlib.suppress(Exception):
+            s.stop()
+        iss.stop()
+
+
+def test_a_key_the_issuer_withdraws_stops_being_trusted(rotating):
+    iss, s = rotating
+    old_key = iss.extra_keys[0][1]
+    old_tok = iss.token(s.mcp_url, kid="old", key=old_key)
+    assert _call(s, old_tok).status_code == 200  # verified, and now in the token cache
+    assert _call(s, old_tok).status_code == 200
+    # Rotation: the issuer publishes a new key and stops publishing the old one.
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    iss.extra_keys.append(("new", new_key))
+    iss.withdrawn.add("old")
+    wait_for(lambda: _call(s, old_tok).status_code == 401, 10, "the withdrawn key's token to be refused")
+    assert _call(s, iss.token(s.mcp_url, kid="new", key=new_key)).status_code == 200
+    assert _call(s, iss.token(s.mcp_url)).status_code == 200  # the keys still published are untouched
+    # A freshly signed token with the withdrawn key is refused too.
+    r = _call(s, iss.token(s.mcp_url, kid="old", key=old_key))
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]

@@ -72,6 +72,7 @@ ENV_CASES = [
     ({"AUTH_TOKEN_CACHE_TTL": "x"}, "config: AUTH_TOKEN_CACHE_TTL = x: a number of seconds >= 0"),
     ({"AUTH_LEEWAY": "3600"}, "config: AUTH_LEEWAY = 3600: a number of seconds >= 0 and <= 300"),
     ({"AUTH_FETCH_TIMEOUT": "0"}, "config: AUTH_FETCH_TIMEOUT = 0: a number of seconds > 0"),
+    ({"AUTH_JWKS_MAX_AGE": "0.5"}, "config: AUTH_JWKS_MAX_AGE = 0.5: a number of seconds >= 1 and <= 86400"),
     ({"REDIS_URL": "http://x"}, "config: REDIS_URL = http://x: redis://[user@]host:port/db"),
     (
         {"REDIS_URL": "redis://u:hunter2@h:6379/0"},
@@ -99,7 +100,14 @@ ENV_CASES = [
     ({"RATE_LIMIT_ENABLED": "x"}, "config: RATE_LIMIT_ENABLED = x: true or false"),
     ({"RATE_LIMIT_PER_MINUTE": "0"}, "config: RATE_LIMIT_PER_MINUTE = 0: an integer from 1 to"),
     ({"RATE_LIMIT_ON_REDIS_ERROR": "shrug"}, "config: RATE_LIMIT_ON_REDIS_ERROR = shrug: one of allow, deny"),
+    ({"RATE_LIMIT_TIMEOUT": "0"}, "config: RATE_LIMIT_TIMEOUT = 0: a number of seconds > 0 and <= 10"),
+    ({"RATE_LIMIT_BREAKER_FAILURES": "0"}, "config: RATE_LIMIT_BREAKER_FAILURES = 0: an integer from 1 to"),
+    (
+        {"RATE_LIMIT_BREAKER_COOLDOWN": "x"},
+        "config: RATE_LIMIT_BREAKER_COOLDOWN = x: a number of seconds > 0",
+    ),
     ({"HEALTH_TIMEOUT": "100"}, "config: HEALTH_TIMEOUT = 100: a number of seconds > 0 and <= 30"),
+    ({"HEALTH_CACHE_TTL": "-1"}, "config: HEALTH_CACHE_TTL = -1: a number of seconds >= 0 and <= 60"),
     ({"TLS_CERT_FILE": "/nonexistent.pem"}, "config: TLS_CERT_FILE = /nonexistent.pem: the path"),
     ({"DB_POOL_SIZE": "0"}, "config: DB_POOL_SIZE = 0: an integer from 1 to 1000"),
 ]
