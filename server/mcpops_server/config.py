@@ -243,7 +243,7 @@ class Declaration:
 
     def default_text(self) -> str:
         """The default as the configuration table shows it."""
-        return self.documented_default if self.documented_default is not None else _as_text(self.default)
+        return self.documented_default if self.documented_default is not None else _doc_text(self.default)
 
 
 def setting(
@@ -260,7 +260,7 @@ def setting(
     return field(default=default, repr=not secret, metadata={_DECLARATION: declaration})
 
 
-def _as_text(value: Any) -> str:
+def _doc_text(value: Any) -> str:
     """A value written as in YAML flow style, for the docs: none, false, 20, [a, b], {type: console}."""
     if value is None:
         return "none"
@@ -269,10 +269,10 @@ def _as_text(value: Any) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, tuple):
-        return "[" + ", ".join(_as_text(item) for item in value) + "]"
+        return "[" + ", ".join(_doc_text(item) for item in value) + "]"
     if dataclasses.is_dataclass(value):
         items = dataclasses.asdict(value).items()  # type: ignore[arg-type]
-        return "{" + ", ".join(f"{key}: {_as_text(item)}" for key, item in items if item is not None) + "}"
+        return "{" + ", ".join(f"{key}: {_doc_text(item)}" for key, item in items if item is not None) + "}"
     return str(value)
 
 
