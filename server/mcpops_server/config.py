@@ -1,5 +1,10 @@
 """Settings: a YAML file plus environment overrides, validated once into frozen dataclasses.
 
+Each setting is declared once, as a field of its section's dataclass made by ``setting(...)``: its
+default, environment variable, converter (type and bounds), whether it is a secret, and one line of
+doc. The schema ``load_settings`` reads, the environment map and the configuration table of
+docs/architecture.md (``python -m mcpops_server.config --markdown``) all come from those fields.
+
 Every problem found is reported at once, one line each, as
 ``config: <setting> = <value>: <what is accepted>``. Secret values are shown as ``<redacted>``,
 and every URL printed has its user info and query values (but ``db``) replaced by ``***``.
@@ -12,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ ALLOWED_ALGORITHMS = (
 )
 DEFAULT_ALGORITHMS = ("RS256", "ES256", "PS256", "EdDSA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CORS_METHODS = ("GET", "POST", "DELETE", "OPTIONS", "HEAD")
 
 _INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _APP_RE = re.compile(
@@ -51,158 +59,7 @@ _HOST_RE = re.compile(
     r"(:[0-9]{1,5})?$"
 )
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-
-
-# --------------------------------------------------------------------------------------------
-# The settings object
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    name: str = "mcpops-server"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    transport: str = "streamable-http"
-    instance_id: str = "p8000"
-    public_hosts: tuple[str, ...] = ()
-    stateless: bool = False
-    max_body_bytes: int = 1_048_576
-    graceful_timeout: float = 20.0
-    session_idle_timeout: float = 1800.0
-    session_unused_timeout: float = 60.0
-    max_sessions: int = 5000
-    max_sessions_per_principal: int = 100
-    app: str | None = None
-    request_state_keys_file: str | None = None
-    request_state_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
-    header_timeout: float = 10.0
-    max_connections: int = 4096
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    enabled: bool = True
-    server_url: str | None = None
-    issuer_url: str | None = None
-    resource_server_url: str | None = None
-    required_scopes: tuple[str, ...] = ()
-    jwks_url: str | None = None
-    jwks_file: str | None = None
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    token_cache_ttl: float = 300.0
-    leeway: float = 30.0
-    fetch_timeout: float = 2.0
-    jwks_max_age: float = 300.0  # ceiling of the JWKS refresh interval (the issuer's max-age below it)
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    max_connections: int = 50
-    socket_timeout: float = 5.0
-    key_prefix: str = "mcpops:"
-
-
-@dataclass(frozen=True)
-class LogHandler:
-    type: str = "console"
-    filename: str | None = None
-
-
-@dataclass(frozen=True)
-class LoggingSettings:
-    level: str = "INFO"
-    format: str = "json"
-    handlers: tuple[LogHandler, ...] = (LogHandler(),)
-
-
-@dataclass(frozen=True)
-class CorsSettings:
-    allowed_origins: tuple[str, ...] = ()
-    allowed_methods: tuple[str, ...] = ("GET", "POST", "DELETE", "OPTIONS")
-    expose_headers: tuple[str, ...] = ("Mcp-Session-Id", "WWW-Authenticate")
-    max_age: int = 3600
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    enabled: bool = True
-    path: str = "/metrics"
-    port: int | None = None  # accepted for the seed's schema; metrics are served on the instance port
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    enabled: bool = True
-    requests_per_minute: int = 600
-    on_redis_error: str = "allow"
-    timeout: float = 0.25  # deadline of one check in Redis, no retries
-    breaker_failures: int = 3  # consecutive failed checks that open the breaker
-    breaker_cooldown: float = 5.0  # seconds the open breaker answers without Redis before one probe
-
-
-@dataclass(frozen=True)
-class HealthSettings:
-    timeout: float = 1.0
-    cache_ttl: float = 2.0  # seconds a result is served to every caller before the checks run again
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file)
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """Accepted for the seed's schema; the reference toolset does not use a database."""
-
-    url: str | None = field(default=None, repr=False)
-    pool_size: int = 20
-    max_overflow: int = 10
-    echo: bool = False
-
-
-@dataclass(frozen=True)
-class NotesSettings:
-    """Bounds of the reference toolset's notes store (what one caller may make the server hold)."""
-
-    shared: bool = False  # one store for every caller; else each principal (token sub) has its own
-    max_bytes: int = 16_384  # UTF-8 bytes of a note's body
-    max_title_length: int = 200  # characters of a title
-    max_query_length: int = 200  # characters of a search query
-    max_tag_length: int = 64  # characters of one tag
-    max_tags: int = 16  # tags on one note
-    max_per_principal: int = 1000  # notes one principal may keep (the whole store when shared)
-    max_result_bytes: int = 262_144  # UTF-8 bytes of the notes one search returns (at least one note)
-    max_concurrent_searches: int = 4  # searches running at once in one instance
-    search_wait: float = 1.0  # seconds a search waits for a free slot before answering "busy"
-
-
-@dataclass(frozen=True)
-class Settings:
-    server: ServerSettings = ServerSettings()
-    auth: AuthSettings = AuthSettings()
-    redis: RedisSettings = RedisSettings()
-    logging: LoggingSettings = LoggingSettings()
-    cors: CorsSettings = CorsSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    ratelimit: RateLimitSettings = RateLimitSettings()
-    health: HealthSettings = HealthSettings()
-    tls: TlsSettings = TlsSettings()
-    database: DatabaseSettings = DatabaseSettings()
-    notes: NotesSettings = NotesSettings()
-    config_path: str | None = None
-    warnings: tuple[str, ...] = ()  # accepted but risky: "<setting> = <value>: <why>"
+_SCOPE_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,14 +88,14 @@ def _shown(value: Any) -> str:
 class ConfigError(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__("\n".join(p.line() for p in problems))
+        super().__init__("\n".join(problem.line() for problem in problems))
 
     def lines(self) -> list[str]:
-        return [p.line() for p in self.problems]
+        return [problem.line() for problem in self.problems]
 
 
 # --------------------------------------------------------------------------------------------
-# Raw value conversion
+# Converters: a raw value (YAML or environment string) to the setting's type, or _Bad
 # --------------------------------------------------------------------------------------------
 
 _MISSING = object()
@@ -249,236 +106,579 @@ class _Bad(Exception):
         self.accepted = accepted
 
 
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on"):
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("1", "true", "yes", "on"):
         return True
-    if isinstance(v, str) and v.strip().lower() in ("0", "false", "no", "off"):
+    if word in ("0", "false", "no", "off"):
         return False
     raise _Bad("true or false")
 
 
-def _as_int(lo: int, hi: int) -> Callable[[Any], int]:
-    def conv(v: Any) -> int:
-        if isinstance(v, bool):
-            raise _Bad(f"an integer from {lo} to {hi}")
+def _as_int(lowest: int, highest: int) -> Callable[[Any], int]:
+    accepted = f"an integer from {lowest} to {highest}"
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Bad(accepted)
         try:
-            n = int(v) if isinstance(v, int) else int(str(v).strip(), 10)
+            number = value if isinstance(value, int) else int(str(value).strip(), 10)
         except (TypeError, ValueError):
-            raise _Bad(f"an integer from {lo} to {hi}") from None
-        if not lo <= n <= hi:
-            raise _Bad(f"an integer from {lo} to {hi}")
-        return n
+            raise _Bad(accepted) from None
+        if not lowest <= number <= highest:
+            raise _Bad(accepted)
+        return number
 
-    return conv
+    return convert
 
 
-def _as_float(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[Any], float]:
-    desc = f"a number of seconds {'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+def _as_seconds(lowest: float, highest: float, *, above: bool = False) -> Callable[[Any], float]:
+    """A number of seconds from ``lowest`` (excluded when ``above``) to ``highest``."""
+    accepted = f"a number of seconds {'>' if above else '>='} {lowest:g} and <= {highest:g}"
 
-    def conv(v: Any) -> float:
-        if isinstance(v, bool):
-            raise _Bad(desc)
+    def convert(value: Any) -> float:
+        if isinstance(value, bool):
+            raise _Bad(accepted)
         try:
-            x = float(v)
+            number = float(value)
         except (TypeError, ValueError):
-            raise _Bad(desc) from None
-        if x != x or x > hi or x < lo or (lo_open and x == lo):
-            raise _Bad(desc)
-        return x
+            raise _Bad(accepted) from None
+        if number != number or not lowest <= number <= highest or (above and number == lowest):
+            raise _Bad(accepted)
+        return number
 
-    return conv
+    return convert
 
 
-def _as_str(v: Any) -> str:
-    if isinstance(v, str | int | float) and not isinstance(v, bool):
-        s = str(v).strip()
-        if s:
-            return s
+def _as_str(value: Any) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value).strip()
+        if text:
+            return text
     raise _Bad("a non-empty string")
 
 
-def _as_opt_str(v: Any) -> str | None:
-    if v is None or (isinstance(v, str) and not v.strip()):
+def _as_optional_str(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return _as_str(v)
+    return _as_str(value)
 
 
-def _as_list(v: Any) -> tuple[str, ...]:
-    if v is None:
+def _as_list(value: Any) -> tuple[str, ...]:
+    if value is None:
         return ()
-    if isinstance(v, str):
-        return tuple(s.strip() for s in v.split(",") if s.strip())
-    if isinstance(v, list | tuple) and all(isinstance(x, str | int | float) for x in v):
-        return tuple(str(x).strip() for x in v if str(x).strip())
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple) and all(isinstance(item, str | int | float) for item in value):
+        return tuple(str(item).strip() for item in value if str(item).strip())
     raise _Bad("a list of strings (comma-separated in the environment)")
 
 
-def _choice(*options: str, upper: bool = False, lower: bool = False) -> Callable[[Any], str]:
-    def conv(v: Any) -> str:
-        s = str(v).strip() if isinstance(v, str) else v
-        if isinstance(s, str):
-            s = s.upper() if upper else s.lower() if lower else s
-        if s not in options:
+def _one_of(*options: str, upper: bool = False, lower: bool = False) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        word = value.strip() if isinstance(value, str) else value
+        if isinstance(word, str):
+            word = word.upper() if upper else word.lower() if lower else word
+        if word not in options:
             raise _Bad("one of " + ", ".join(options))
-        return s
+        return word
 
-    return conv
+    return convert
 
 
-def _http_url(v: Any) -> str:
-    s = _as_str(v)
+def _as_http_url(value: Any) -> str:
+    url = _as_str(value)
     try:
-        parts = urlsplit(s)
+        parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
         ok = ok and not parts.fragment and parts.username is None and parts.password is None
     except ValueError:
         ok = False
     if not ok:
         raise _Bad("an absolute http(s) URL without credentials, query or fragment")
-    return s
+    return url
 
 
-def _opt_http_url(v: Any) -> str | None:
-    return None if v is None or v == "" else _http_url(v)
+def _as_optional_http_url(value: Any) -> str | None:
+    return None if value is None or value == "" else _as_http_url(value)
 
 
-def _readable_file(v: Any) -> str | None:
-    s = _as_opt_str(v)
-    if s is None:
+def _as_optional_port(value: Any) -> int | None:
+    return None if value in (None, "") else _as_int(1, 65535)(value)
+
+
+def _as_readable_file(value: Any) -> str | None:
+    path = _as_optional_str(value)
+    if path is None:
         return None
-    p = Path(s)
-    if not p.is_file() or not os.access(p, os.R_OK):
+    if not Path(path).is_file() or not os.access(path, os.R_OK):
         raise _Bad("the path of an existing, readable file")
-    return s
+    return path
+
+
+def _as_given(value: Any) -> Any:
+    """Taken as it is; the section's check reads it (logging.handlers)."""
+    return value
 
 
 # --------------------------------------------------------------------------------------------
-# Schema: (section, key) -> converter, environment variable, secret
+# Declarations
+# --------------------------------------------------------------------------------------------
+
+_DECLARATION = "mcpops.setting"
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One setting, as declared beside its field."""
+
+    default: Any
+    env: str | None  # the environment variable that overrides the YAML key, if any
+    convert: Callable[[Any], Any]  # raw value -> typed value, raising _Bad with what is accepted
+    doc: str  # one line: what the setting does
+    secret: bool = False  # never printed, not even in problems
+    documented_default: str | None = None  # the default as the docs state it, when computed at load
+
+    def default_text(self) -> str:
+        """The default as the configuration table shows it."""
+        return self.documented_default if self.documented_default is not None else _doc_text(self.default)
+
+
+def setting(
+    default: Any,
+    env: str | None,
+    convert: Callable[[Any], Any],
+    doc: str,
+    *,
+    secret: bool = False,
+    documented_default: str | None = None,
+) -> Any:
+    """A dataclass field that is also the declaration of a setting (see ``Declaration``)."""
+    declaration = Declaration(default, env, convert, doc, secret, documented_default)
+    return field(default=default, repr=not secret, metadata={_DECLARATION: declaration})
+
+
+def _doc_text(value: Any) -> str:
+    """A value written as in YAML flow style, for the docs: none, false, 20, [a, b], {type: console}."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_doc_text(item) for item in value) + "]"
+    if dataclasses.is_dataclass(value):
+        items = dataclasses.asdict(value).items()  # type: ignore[arg-type]
+        return "{" + ", ".join(f"{key}: {_doc_text(item)}" for key, item in items if item is not None) + "}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The settings object
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Key:
-    conv: Callable[[Any], Any]
-    env: str | None = None
-    secret: bool = False
+class ServerSettings:
+    """One instance of the server: where it listens, its sessions, its limits."""
+
+    name: str = setting("mcpops-server", "MCP_SERVER_NAME", _as_str, "the server name clients see in MCP")
+    host: str = setting("127.0.0.1", "MCP_SERVER_HOST", _as_str, "address to listen on")
+    port: int = setting(8000, "MCP_SERVER_PORT", _as_int(1, 65535), "port to listen on; one per instance")
+    transport: str = setting(
+        "streamable-http", "MCP_TRANSPORT", _one_of("streamable-http"), "the only value accepted"
+    )
+    instance_id: str = setting(
+        "p8000",
+        "MCP_INSTANCE_ID",
+        _as_optional_str,
+        "`[A-Za-z0-9_-]{1,40}`; starts every session id this instance mints (nginx affinity)",
+        documented_default="`p<port>`",
+    )
+    public_hosts: tuple[str, ...] = setting(
+        (), "MCP_PUBLIC_HOSTS", _as_list, "host names clients use (Host header allow-list, plus loopback)"
+    )
+    stateless: bool = setting(False, "MCP_STATELESS", _as_bool, "no sessions: every request stands alone")
+    max_body_bytes: int = setting(
+        1_048_576, "MCP_MAX_BODY_BYTES", _as_int(1024, 1 << 30), "largest request body; beyond it 413"
+    )
+    graceful_timeout: float = setting(
+        20.0,
+        "MCP_GRACEFUL_TIMEOUT",
+        _as_seconds(0, 3600, above=True),
+        "seconds calls in flight may take to finish at shutdown",
+    )
+    session_idle_timeout: float = setting(
+        1800.0,
+        "MCP_SESSION_IDLE_TIMEOUT",
+        _as_seconds(0, 86400, above=True),
+        "seconds without a request before a session is dropped",
+    )
+    session_unused_timeout: float = setting(
+        60.0,
+        "MCP_SESSION_UNUSED_TIMEOUT",
+        _as_seconds(0, 86400, above=True),
+        "seconds a session that saw only the handshake lives",
+    )
+    max_sessions: int = setting(
+        5000, "MCP_MAX_SESSIONS", _as_int(1, 1_000_000), "sessions open at once; a new one beyond gets 503"
+    )
+    max_sessions_per_principal: int = setting(
+        100,
+        "MCP_MAX_SESSIONS_PER_PRINCIPAL",
+        _as_int(1, 1_000_000),
+        "open sessions per principal (token `sub`, else client address); a new one beyond gets 429",
+    )
+    app: str | None = setting(
+        None,
+        "MCP_APP",
+        _as_optional_str,
+        "`package.module:attribute` naming the MCPServer to serve",
+        documented_default="(reference toolset)",
+    )
+    request_state_keys_file: str | None = setting(
+        None,
+        "MCP_REQUEST_STATE_KEYS_FILE",
+        _as_readable_file,
+        "key ring for request state: one base64 key (>= 32 bytes) a line, newest first",
+    )
+    request_state_keys: tuple[bytes, ...] = field(default=(), repr=False)  # read from the file above
+    trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1/32", "::1/128"),
+        "MCP_TRUSTED_PROXIES",
+        _as_list,
+        "peers whose X-Forwarded-For is believed; /0 refused, very broad networks warned about",
+    )
+    header_timeout: float = setting(
+        10.0,
+        "MCP_HEADER_TIMEOUT",
+        _as_seconds(0, 300, above=True),
+        "seconds a connection may take to send a request's line and headers",
+    )
+    max_connections: int = setting(
+        4096, "MCP_MAX_CONNECTIONS", _as_int(16, 1_000_000), "connections at once; uvicorn answers 503 beyond"
+    )
 
 
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "server": {
-        "name": _Key(_as_str, "MCP_SERVER_NAME"),
-        "host": _Key(_as_str, "MCP_SERVER_HOST"),
-        "port": _Key(_as_int(1, 65535), "MCP_SERVER_PORT"),
-        "transport": _Key(_choice("streamable-http"), "MCP_TRANSPORT"),
-        "instance_id": _Key(_as_opt_str, "MCP_INSTANCE_ID"),
-        "public_hosts": _Key(_as_list, "MCP_PUBLIC_HOSTS"),
-        "stateless": _Key(_as_bool, "MCP_STATELESS"),
-        "max_body_bytes": _Key(_as_int(1024, 1 << 30), "MCP_MAX_BODY_BYTES"),
-        "graceful_timeout": _Key(_as_float(0, 3600, lo_open=True), "MCP_GRACEFUL_TIMEOUT"),
-        "session_idle_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_IDLE_TIMEOUT"),
-        "header_timeout": _Key(_as_float(0, 300, lo_open=True), "MCP_HEADER_TIMEOUT"),
-        "max_connections": _Key(_as_int(16, 1_000_000), "MCP_MAX_CONNECTIONS"),
-        "session_unused_timeout": _Key(_as_float(0, 86400, lo_open=True), "MCP_SESSION_UNUSED_TIMEOUT"),
-        "max_sessions": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS"),
-        "max_sessions_per_principal": _Key(_as_int(1, 1_000_000), "MCP_MAX_SESSIONS_PER_PRINCIPAL"),
-        "app": _Key(_as_opt_str, "MCP_APP"),
-        "request_state_keys_file": _Key(_readable_file, "MCP_REQUEST_STATE_KEYS_FILE"),
-        "trusted_proxies": _Key(_as_list, "MCP_TRUSTED_PROXIES"),
-    },
-    "auth": {
-        "enabled": _Key(_as_bool, "AUTH_ENABLED"),
-        "server_url": _Key(_opt_http_url, "AUTH_SERVER_URL"),
-        "issuer_url": _Key(_opt_http_url, "AUTH_ISSUER_URL"),
-        "resource_server_url": _Key(_opt_http_url, "RESOURCE_SERVER_URL"),
-        "required_scopes": _Key(_as_list, "REQUIRED_SCOPES"),
-        "jwks_url": _Key(_opt_http_url, "AUTH_JWKS_URL"),
-        "jwks_file": _Key(_readable_file, "AUTH_JWKS_FILE"),
-        "algorithms": _Key(_as_list, "AUTH_ALGORITHMS"),
-        "token_cache_ttl": _Key(_as_float(0, 86400), "AUTH_TOKEN_CACHE_TTL"),
-        "leeway": _Key(_as_float(0, 300), "AUTH_LEEWAY"),
-        "fetch_timeout": _Key(_as_float(0, 60, lo_open=True), "AUTH_FETCH_TIMEOUT"),
-        "jwks_max_age": _Key(_as_float(1, 86400), "AUTH_JWKS_MAX_AGE"),
-    },
-    "redis": {
-        "url": _Key(_as_str, "REDIS_URL"),
-        "username": _Key(_as_opt_str, "REDIS_USERNAME"),
-        "password": _Key(_as_opt_str, "REDIS_PASSWORD", secret=True),
-        "password_file": _Key(_readable_file, "REDIS_PASSWORD_FILE"),
-        "max_connections": _Key(_as_int(1, 10000), "REDIS_MAX_CONNECTIONS"),
-        "socket_timeout": _Key(_as_float(0, 300, lo_open=True), "REDIS_SOCKET_TIMEOUT"),
-        "key_prefix": _Key(_as_str, "REDIS_KEY_PREFIX"),
-    },
-    "logging": {
-        "level": _Key(_choice(*LOG_LEVELS, upper=True), "LOG_LEVEL"),
-        "format": _Key(_choice("json", "text", lower=True), "LOG_FORMAT"),
-        "handlers": _Key(lambda v: v),
-    },
-    "cors": {
-        "allowed_origins": _Key(_as_list, "ALLOWED_ORIGINS"),
-        "allowed_methods": _Key(_as_list, "CORS_ALLOWED_METHODS"),
-        "expose_headers": _Key(_as_list, "CORS_EXPOSE_HEADERS"),
-        "max_age": _Key(_as_int(0, 86400 * 7), "CORS_MAX_AGE"),
-    },
-    "metrics": {
-        "enabled": _Key(_as_bool, "METRICS_ENABLED"),
-        "path": _Key(_as_str, "METRICS_PATH"),
-        "port": _Key(lambda v: None if v in (None, "") else _as_int(1, 65535)(v), "METRICS_PORT"),
-    },
-    "ratelimit": {
-        "enabled": _Key(_as_bool, "RATE_LIMIT_ENABLED"),
-        "requests_per_minute": _Key(_as_int(1, 10_000_000), "RATE_LIMIT_PER_MINUTE"),
-        "on_redis_error": _Key(_choice("allow", "deny", lower=True), "RATE_LIMIT_ON_REDIS_ERROR"),
-        "timeout": _Key(_as_float(0, 10, lo_open=True), "RATE_LIMIT_TIMEOUT"),
-        "breaker_failures": _Key(_as_int(1, 1000), "RATE_LIMIT_BREAKER_FAILURES"),
-        "breaker_cooldown": _Key(_as_float(0, 600, lo_open=True), "RATE_LIMIT_BREAKER_COOLDOWN"),
-    },
-    "health": {
-        "timeout": _Key(_as_float(0, 30, lo_open=True), "HEALTH_TIMEOUT"),
-        "cache_ttl": _Key(_as_float(0, 60), "HEALTH_CACHE_TTL"),
-    },
-    "tls": {
-        "cert_file": _Key(_readable_file, "TLS_CERT_FILE"),
-        "key_file": _Key(_readable_file, "TLS_KEY_FILE"),
-    },
-    "database": {
-        "url": _Key(_as_opt_str, "DATABASE_URL", secret=True),
-        "pool_size": _Key(_as_int(1, 1000), "DB_POOL_SIZE"),
-        "max_overflow": _Key(_as_int(0, 1000), "DB_MAX_OVERFLOW"),
-        "echo": _Key(_as_bool),
-    },
-    "notes": {
-        "shared": _Key(_as_bool, "NOTES_SHARED"),
-        "max_bytes": _Key(_as_int(1, 1 << 20), "NOTES_MAX_BYTES"),
-        "max_title_length": _Key(_as_int(1, 10_000), "NOTES_MAX_TITLE_LENGTH"),
-        "max_query_length": _Key(_as_int(1, 10_000), "NOTES_MAX_QUERY_LENGTH"),
-        "max_tag_length": _Key(_as_int(1, 1000), "NOTES_MAX_TAG_LENGTH"),
-        "max_tags": _Key(_as_int(0, 1000), "NOTES_MAX_TAGS"),
-        "max_per_principal": _Key(_as_int(1, 1_000_000), "NOTES_MAX_PER_PRINCIPAL"),
-        "max_result_bytes": _Key(_as_int(1024, 16 << 20), "NOTES_MAX_RESULT_BYTES"),
-        "max_concurrent_searches": _Key(_as_int(1, 1000), "NOTES_MAX_CONCURRENT_SEARCHES"),
-        "search_wait": _Key(_as_float(0, 60), "NOTES_SEARCH_WAIT"),
-    },
+@dataclass(frozen=True)
+class AuthSettings:
+    """OAuth 2.1 resource server: which tokens are accepted and where the keys come from."""
+
+    enabled: bool = setting(
+        True, "AUTH_ENABLED", _as_bool, "false only explicitly; then warned at every start"
+    )
+    server_url: str | None = setting(
+        None,
+        "AUTH_SERVER_URL",
+        _as_optional_http_url,
+        "authorization server advertised in the RFC 9728 metadata",
+        documented_default="= issuer_url",
+    )
+    issuer_url: str | None = setting(
+        None,
+        "AUTH_ISSUER_URL",
+        _as_optional_http_url,
+        "the exact `iss` of accepted tokens",
+        documented_default="= server_url",
+    )
+    resource_server_url: str | None = setting(
+        None,
+        "RESOURCE_SERVER_URL",
+        _as_optional_http_url,
+        "the `aud` tokens must carry (RFC 8707), e.g. https://mcp.example.com/mcp",
+    )
+    required_scopes: tuple[str, ...] = setting(
+        (), "REQUIRED_SCOPES", _as_list, "scopes every token must have"
+    )
+    jwks_url: str | None = setting(
+        None,
+        "AUTH_JWKS_URL",
+        _as_optional_http_url,
+        "the issuer's key set, when discovery (RFC 8414, then OIDC) should not find it",
+        documented_default="discovered",
+    )
+    jwks_file: str | None = setting(
+        None, "AUTH_JWKS_FILE", _as_readable_file, "pinned public keys, no network (not with jwks_url)"
+    )
+    algorithms: tuple[str, ...] = setting(
+        DEFAULT_ALGORITHMS, "AUTH_ALGORITHMS", _as_list, "signature algorithms accepted; never none or HS*"
+    )
+    token_cache_ttl: float = setting(
+        300.0,
+        "AUTH_TOKEN_CACHE_TTL",
+        _as_seconds(0, 86400),
+        "seconds a verified token is remembered (never past its exp)",
+    )
+    leeway: float = setting(
+        30.0, "AUTH_LEEWAY", _as_seconds(0, 300), "seconds of clock skew allowed on exp, nbf and iat"
+    )
+    fetch_timeout: float = setting(
+        2.0, "AUTH_FETCH_TIMEOUT", _as_seconds(0, 60, above=True), "seconds for a key fetch with discovery"
+    )
+    jwks_max_age: float = setting(
+        300.0,
+        "AUTH_JWKS_MAX_AGE",
+        _as_seconds(1, 86400),
+        "most seconds between key refreshes (the issuer's max-age, if lower, wins)",
+    )
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """The Redis that holds notes, rate-limit counters and schema versions."""
+
+    url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "REDIS_URL",
+        _as_str,
+        "`redis://[user@]host:port/db`, `rediss://` or `unix:///path?db=N`; no password, no other query",
+    )
+    username: str | None = setting(None, "REDIS_USERNAME", _as_optional_str, "ACL user name")
+    password: str | None = setting(
+        None, "REDIS_PASSWORD", _as_optional_str, "secret: never printed; never in redis.url", secret=True
+    )
+    password_file: str | None = setting(
+        None, "REDIS_PASSWORD_FILE", _as_readable_file, "file with the password; not with REDIS_PASSWORD"
+    )
+    max_connections: int = setting(
+        50, "REDIS_MAX_CONNECTIONS", _as_int(1, 10000), "connections in the pool of one instance"
+    )
+    socket_timeout: float = setting(
+        5.0,
+        "REDIS_SOCKET_TIMEOUT",
+        _as_seconds(0, 300, above=True),
+        "seconds to wait for a connection and for each reply; not retried",
+    )
+    key_prefix: str = setting(
+        "mcpops:", "REDIS_KEY_PREFIX", _as_str, "starts every key and channel the server touches (for ACLs)"
+    )
+
+
+@dataclass(frozen=True)
+class LogHandler:
+    type: str = "console"
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Where the log goes and how it looks."""
+
+    level: str = setting("INFO", "LOG_LEVEL", _one_of(*LOG_LEVELS, upper=True), ", ".join(LOG_LEVELS))
+    format: str = setting("json", "LOG_FORMAT", _one_of("json", "text", lower=True), "json or text")
+    handlers: tuple[LogHandler, ...] = setting(
+        (LogHandler(),), None, _as_given, "`{type: console}` or `{type: file, filename: /abs/path}` items"
+    )
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    """Cross-origin requests from browsers."""
+
+    allowed_origins: tuple[str, ...] = setting(
+        (), "ALLOWED_ORIGINS", _as_list, "origins like https://app.example.com; no `*`"
+    )
+    allowed_methods: tuple[str, ...] = setting(
+        ("GET", "POST", "DELETE", "OPTIONS"), "CORS_ALLOWED_METHODS", _as_list, "methods allowed cross-origin"
+    )
+    expose_headers: tuple[str, ...] = setting(
+        ("Mcp-Session-Id", "WWW-Authenticate"),
+        "CORS_EXPOSE_HEADERS",
+        _as_list,
+        "response headers a browser script may read",
+    )
+    max_age: int = setting(3600, "CORS_MAX_AGE", _as_int(0, 86400 * 7), "seconds a browser keeps a preflight")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics, served on the instance port."""
+
+    enabled: bool = setting(True, "METRICS_ENABLED", _as_bool, "serve metrics at metrics.path")
+    path: str = setting("/metrics", "METRICS_PATH", _as_str, "absolute path, other than /mcp and /health")
+    port: int | None = setting(
+        None, "METRICS_PORT", _as_optional_port, "accepted for the seed's schema and ignored"
+    )
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Requests per principal per minute, counted in Redis across instances."""
+
+    enabled: bool = setting(True, "RATE_LIMIT_ENABLED", _as_bool, "limit requests per principal")
+    requests_per_minute: int = setting(
+        600, "RATE_LIMIT_PER_MINUTE", _as_int(1, 10_000_000), "per principal, across all instances"
+    )
+    on_redis_error: str = setting(
+        "allow",
+        "RATE_LIMIT_ON_REDIS_ERROR",
+        _one_of("allow", "deny", lower=True),
+        "allow, or deny (503), while Redis fails or the breaker is open",
+    )
+    timeout: float = setting(
+        0.25,
+        "RATE_LIMIT_TIMEOUT",
+        _as_seconds(0, 10, above=True),
+        "seconds one check in Redis may take (own pool, no retries)",
+    )
+    breaker_failures: int = setting(
+        3, "RATE_LIMIT_BREAKER_FAILURES", _as_int(1, 1000), "failed checks in a row that open the breaker"
+    )
+    breaker_cooldown: float = setting(
+        5.0,
+        "RATE_LIMIT_BREAKER_COOLDOWN",
+        _as_seconds(0, 600, above=True),
+        "seconds the open breaker decides without Redis before one probe",
+    )
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The /health endpoint."""
+
+    timeout: float = setting(1.0, "HEALTH_TIMEOUT", _as_seconds(0, 30, above=True), "seconds per check")
+    cache_ttl: float = setting(
+        2.0,
+        "HEALTH_CACHE_TTL",
+        _as_seconds(0, 60),
+        "seconds one result is served to every caller before the checks run again",
+    )
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS served by uvicorn itself, for hosts without nginx in front."""
+
+    cert_file: str | None = setting(
+        None, "TLS_CERT_FILE", _as_readable_file, "certificate chain (PEM); set with tls.key_file"
+    )
+    key_file: str | None = setting(
+        None, "TLS_KEY_FILE", _as_readable_file, "private key (PEM); set with tls.cert_file"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Accepted for the seed's schema; the reference toolset does not use a database."""
+
+    url: str | None = setting(
+        None, "DATABASE_URL", _as_optional_str, "unused by the reference toolset; a secret", secret=True
+    )
+    pool_size: int = setting(20, "DB_POOL_SIZE", _as_int(1, 1000), "unused by the reference toolset")
+    max_overflow: int = setting(10, "DB_MAX_OVERFLOW", _as_int(0, 1000), "unused by the reference toolset")
+    echo: bool = setting(False, None, _as_bool, "unused by the reference toolset")
+
+
+@dataclass(frozen=True)
+class NotesSettings:
+    """Bounds of the reference toolset's notes store (what one caller may make the server hold)."""
+
+    shared: bool = setting(
+        False, "NOTES_SHARED", _as_bool, "one store for all callers; else one per principal (token `sub`)"
+    )
+    max_bytes: int = setting(16_384, "NOTES_MAX_BYTES", _as_int(1, 1 << 20), "UTF-8 bytes of a note's body")
+    max_title_length: int = setting(
+        200, "NOTES_MAX_TITLE_LENGTH", _as_int(1, 10_000), "characters of a note's title"
+    )
+    max_query_length: int = setting(
+        200, "NOTES_MAX_QUERY_LENGTH", _as_int(1, 10_000), "characters of a search query"
+    )
+    max_tag_length: int = setting(64, "NOTES_MAX_TAG_LENGTH", _as_int(1, 1000), "characters of one tag")
+    max_tags: int = setting(16, "NOTES_MAX_TAGS", _as_int(0, 1000), "tags on one note")
+    max_per_principal: int = setting(
+        1000,
+        "NOTES_MAX_PER_PRINCIPAL",
+        _as_int(1, 1_000_000),
+        "notes one principal keeps (the whole store when notes.shared)",
+    )
+    max_result_bytes: int = setting(
+        262_144,
+        "NOTES_MAX_RESULT_BYTES",
+        _as_int(1024, 16 << 20),
+        "UTF-8 bytes of the notes one search returns (at least one note)",
+    )
+    max_concurrent_searches: int = setting(
+        4, "NOTES_MAX_CONCURRENT_SEARCHES", _as_int(1, 1000), "searches running at once in one instance"
+    )
+    search_wait: float = setting(
+        1.0,
+        "NOTES_SEARCH_WAIT",
+        _as_seconds(0, 60),
+        'seconds a search waits for a free slot before the tool answers "busy"',
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    redis: RedisSettings = RedisSettings()
+    logging: LoggingSettings = LoggingSettings()
+    cors: CorsSettings = CorsSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    health: HealthSettings = HealthSettings()
+    tls: TlsSettings = TlsSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    notes: NotesSettings = NotesSettings()
+    config_path: str | None = None
+    warnings: tuple[str, ...] = ()  # accepted but risky: "<setting> = <value>: <why>"
+
+
+# --------------------------------------------------------------------------------------------
+# Derived from the declarations
+# --------------------------------------------------------------------------------------------
+
+# section name -> its dataclass, in the order of Settings
+_SECTIONS: dict[str, type] = {
+    each.name: type(each.default)
+    for each in dataclasses.fields(Settings)
+    if dataclasses.is_dataclass(each.default)
 }
 
-_SECTION_TYPES: dict[str, type] = {
-    "server": ServerSettings,
-    "auth": AuthSettings,
-    "redis": RedisSettings,
-    "logging": LoggingSettings,
-    "cors": CorsSettings,
-    "metrics": MetricsSettings,
-    "ratelimit": RateLimitSettings,
-    "health": HealthSettings,
-    "tls": TlsSettings,
-    "database": DatabaseSettings,
-    "notes": NotesSettings,
+# section -> key -> declaration: what load_settings accepts
+_SCHEMA: dict[str, dict[str, Declaration]] = {
+    section: {
+        each.name: each.metadata[_DECLARATION]
+        for each in dataclasses.fields(cls)
+        if _DECLARATION in each.metadata
+    }
+    for section, cls in _SECTIONS.items()
 }
 
 ENV_VARS: dict[str, str] = {
-    k.env: f"{section}.{name}" for section, keys in _SCHEMA.items() for name, k in keys.items() if k.env
+    declared.env: f"{section}.{key}"
+    for section, keys in _SCHEMA.items()
+    for key, declared in keys.items()
+    if declared.env
 }
+
+
+def declarations() -> dict[str, Declaration]:
+    """Every setting by its YAML key (``server.port``), in declaration order."""
+    return {
+        f"{section}.{key}": declared for section, keys in _SCHEMA.items() for key, declared in keys.items()
+    }
+
+
+def markdown_table() -> str:
+    """The configuration table of docs/architecture.md, one row per declared setting."""
+    rows = ["| YAML key | env | default | notes |", "| --- | --- | --- | --- |"]
+    for key, declared in declarations().items():
+        rows.append(f"| {key} | {declared.env or ''} | {declared.default_text()} | {declared.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> tuple[str, bool]:
@@ -500,289 +700,297 @@ def load_settings(
     explicit = path is not None
     if path is None:
         path, explicit = default_config_path(env)
-    problems: list[Problem] = []
+    load = _Load()
+    data = _read_yaml(path, explicit, load.problems)
+    load.gather(data, env, overrides or {})
+    load.convert()
+    for check in _CHECKS:
+        check(load)
+    if load.problems:
+        raise ConfigError(load.problems)
+    sections = {section: cls(**load.values[section]) for section, cls in _SECTIONS.items()}
+    config_path = str(path) if Path(path).exists() else None
+    return Settings(**sections, config_path=config_path, warnings=tuple(load.warnings))
 
-    data: dict[str, Any] = {}
-    p = Path(path)
-    if p.exists():
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem("--config", path, f"a readable YAML file ({exc.__class__.__name__})"))
-            loaded = None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            problems.append(Problem("--config", path, f"valid YAML{where}"))
-            loaded = None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            problems.append(Problem("--config", path, "a YAML mapping with sections " + ", ".join(_SCHEMA)))
-            loaded = {}
-        data = loaded
-    elif explicit:
-        problems.append(Problem("--config", path, "the path of an existing, readable YAML file"))
 
-    # raw[(section, key)] = (value, setting-name, secret)
-    raw: dict[tuple[str, str], tuple[Any, str]] = {}
-    for section, body in data.items():
-        if section not in _SCHEMA:
-            problems.append(Problem(str(section), "...", "a known section: " + ", ".join(_SCHEMA)))
-            continue
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            problems.append(Problem(section, body, "a mapping of settings"))
-            continue
+def _read_yaml(path: str, explicit: bool, problems: list[Problem]) -> dict[Any, Any]:
+    """The file's mapping; {} when it is absent (and may be) or unreadable (with a problem)."""
+    if not Path(path).exists():
+        if explicit:
+            problems.append(Problem("--config", path, "the path of an existing, readable YAML file"))
+        return {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem("--config", path, f"a readable YAML file ({exc.__class__.__name__})"))
+        return {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problems.append(Problem("--config", path, f"valid YAML{where}"))
+        return {}
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        problems.append(Problem("--config", path, "a YAML mapping with sections " + ", ".join(_SCHEMA)))
+        return {}
+    return loaded
+
+
+class _Load:
+    """One run of load_settings: the raw values and the name each came by, the converted values by
+    section, and the problems and warnings found so far."""
+
+    def __init__(self) -> None:
+        self.raw: dict[tuple[str, str], tuple[Any, str]] = {}  # (section, key) -> (value, its name)
+        self.values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+
+    def gather(self, data: Mapping[Any, Any], env: Mapping[str, str], overrides: Mapping[str, Any]) -> None:
+        """The raw values: the file's, replaced by the environment's, replaced by ``overrides``."""
+        for section, body in data.items():
+            if section not in _SCHEMA:
+                self.problems.append(Problem(str(section), "...", "a known section: " + ", ".join(_SCHEMA)))
+            elif isinstance(body, dict):
+                self._gather_section(section, body)
+            elif body is not None:
+                self.problems.append(Problem(section, body, "a mapping of settings"))
+        for section, keys in _SCHEMA.items():
+            for key, declared in keys.items():
+                if declared.env and declared.env in env:
+                    self.raw[(section, key)] = (env[declared.env], declared.env)
+        for dotted, value in overrides.items():
+            section, key = dotted.split(".", 1)
+            self.raw[(section, key)] = (value, dotted)
+
+    def _gather_section(self, section: str, body: Mapping[Any, Any]) -> None:
         for key, value in body.items():
-            if key not in _SCHEMA[section]:
-                problems.append(
-                    Problem(f"{section}.{key}", "...", "a known key: " + ", ".join(sorted(_SCHEMA[section])))
-                )
-                continue
-            raw[(section, key)] = (value, f"{section}.{key}")
-    for section, keys in _SCHEMA.items():
-        for key, spec in keys.items():
-            if spec.env and spec.env in env:
-                raw[(section, key)] = (env[spec.env], spec.env)
-    for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".", 1)
-        raw[(section, key)] = (value, dotted)
+            if key in _SCHEMA[section]:
+                self.raw[(section, key)] = (value, f"{section}.{key}")
+            else:
+                known = ", ".join(sorted(_SCHEMA[section]))
+                self.problems.append(Problem(f"{section}.{key}", "...", "a known key: " + known))
 
-    values: dict[str, dict[str, Any]] = {s: {} for s in _SCHEMA}
-    names: dict[tuple[str, str], str] = {}
-    for (section, key), (value, name) in raw.items():
-        spec = _SCHEMA[section][key]
-        names[(section, key)] = name
-        try:
-            values[section][key] = spec.conv(value)
-        except _Bad as bad:
-            problems.append(Problem(name, value, bad.accepted, secret=spec.secret))
-
-    def name_of(section: str, key: str) -> str:
-        return names.get((section, key), f"{section}.{key}")
-
-    def bad(section: str, key: str, accepted: str, value: Any = _MISSING, secret: bool = False) -> None:
-        if value is _MISSING:
-            value = values[section].get(key, raw.get((section, key), (None,))[0])
-        problems.append(
-            Problem(name_of(section, key), value, accepted, secret=secret or _SCHEMA[section][key].secret)
-        )
-
-    warnings: list[str] = []
-
-    def warn(section: str, key: str, value: Any, why: str) -> None:
-        warnings.append(f"{name_of(section, key)} = {_shown(value)}: {why}")
-
-    _check_cross(values, bad, problems, warn)
-
-    if problems:
-        raise ConfigError(problems)
-
-    sections: dict[str, Any] = {}
-    for section, cls in _SECTION_TYPES.items():
-        sections[section] = cls(**values[section])
-    return Settings(**sections, config_path=str(p) if p.exists() else None, warnings=tuple(warnings))
-
-
-def _check_cross(
-    values: dict[str, dict[str, Any]],
-    bad: Callable[..., None],
-    problems: list[Problem],
-    warn: Callable[[str, str, Any, str], None],
-) -> None:
-    srv, auth, rds, log, cors, met = (
-        values["server"],
-        values["auth"],
-        values["redis"],
-        values["logging"],
-        values["cors"],
-        values["metrics"],
-    )
-
-    # server
-    port = srv.get("port", ServerSettings.port)
-    iid = srv.get("instance_id")
-    if iid is None:
-        srv["instance_id"] = f"p{port}"
-    elif not _INSTANCE_ID_RE.match(iid):
-        bad("server", "instance_id", "1 to 40 characters from A-Z a-z 0-9 _ -")
-    hosts = srv.get("public_hosts", ())
-    for h in hosts:
-        if not _HOST_RE.match(h):
-            bad("server", "public_hosts", "host names (optionally host:port), e.g. mcp.example.com", h)
-    if "public_hosts" in srv:
-        srv["public_hosts"] = tuple(h.lower() for h in hosts)
-    app = srv.get("app")
-    if app is not None and not _APP_RE.match(app):
-        bad("server", "app", "package.module:attribute naming an MCPServer object")
-    nets = srv.get("trusted_proxies")
-    if nets is not None:
-        norm = []
-        for n in nets:
+    def convert(self) -> None:
+        for (section, key), (value, name) in self.raw.items():
+            declared = _SCHEMA[section][key]
             try:
-                net = ipaddress.ip_network(n, strict=False)
-            except ValueError:
-                bad("server", "trusted_proxies", "IP addresses or CIDR networks, e.g. 10.0.0.0/8", n)
-                continue
-            if net.prefixlen == 0:
-                bad("server", "trusted_proxies", _EVERY_ADDRESS, n)
-            elif net.prefixlen < (8 if net.version == 4 else 32):
-                warn("server", "trusted_proxies", n, _BROAD_PROXIES)
-            norm.append(str(net))
-        srv["trusted_proxies"] = tuple(norm)
-    keys_file = srv.get("request_state_keys_file")
-    if keys_file:
-        keys, why = _read_key_ring(keys_file)
-        if why:
-            bad("server", "request_state_keys_file", why)
-        srv["request_state_keys"] = keys
+                self.values[section][key] = declared.convert(value)
+            except _Bad as bad:
+                self.problems.append(Problem(name, value, bad.accepted, secret=declared.secret))
 
-    # auth
+    def name_of(self, section: str, key: str) -> str:
+        """The setting as the user gave it: its environment variable or its YAML key."""
+        return self.raw.get((section, key), (None, f"{section}.{key}"))[1]
+
+    def unconvertible(self, section: str, key: str) -> bool:
+        """Given, but already reported as a bad value (so 'missing' would be noise)."""
+        return (section, key) in self.raw and key not in self.values[section]
+
+    def bad(self, section: str, key: str, accepted: str, value: Any = _MISSING) -> None:
+        if value is _MISSING:
+            value = self.values[section].get(key, self.raw.get((section, key), (None,))[0])
+        secret = _SCHEMA[section][key].secret
+        self.problems.append(Problem(self.name_of(section, key), value, accepted, secret=secret))
+
+    def warn(self, section: str, key: str, value: Any, why: str) -> None:
+        self.warnings.append(f"{self.name_of(section, key)} = {_shown(value)}: {why}")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks across a section's values, and values derived from others; one function per section
+# --------------------------------------------------------------------------------------------
+
+
+def _check_server(load: _Load) -> None:
+    server = load.values["server"]
+    instance_id = server.get("instance_id")
+    if instance_id is None:
+        server["instance_id"] = f"p{server.get('port', ServerSettings.port)}"
+    elif not _INSTANCE_ID_RE.match(instance_id):
+        load.bad("server", "instance_id", "1 to 40 characters from A-Z a-z 0-9 _ -")
+    if "public_hosts" in server:
+        for host in server["public_hosts"]:
+            if not _HOST_RE.match(host):
+                load.bad(
+                    "server", "public_hosts", "host names (optionally host:port), e.g. mcp.example.com", host
+                )
+        server["public_hosts"] = tuple(host.lower() for host in server["public_hosts"])
+    app = server.get("app")
+    if app is not None and not _APP_RE.match(app):
+        load.bad("server", "app", "package.module:attribute naming an MCPServer object")
+    if "trusted_proxies" in server:
+        server["trusted_proxies"] = _trusted_networks(load, server["trusted_proxies"])
+    keys_file = server.get("request_state_keys_file")
+    if keys_file:
+        server["request_state_keys"], why = _read_key_ring(keys_file)
+        if why:
+            load.bad("server", "request_state_keys_file", why)
+
+
+def _trusted_networks(load: _Load, proxies: Iterable[str]) -> tuple[str, ...]:
+    networks = []
+    for proxy in proxies:
+        try:
+            network = ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            load.bad("server", "trusted_proxies", "IP addresses or CIDR networks, e.g. 10.0.0.0/8", proxy)
+            continue
+        if network.prefixlen == 0:
+            load.bad("server", "trusted_proxies", _EVERY_ADDRESS, proxy)
+        elif network.prefixlen < (8 if network.version == 4 else 32):
+            load.warn("server", "trusted_proxies", proxy, _BROAD_PROXIES)
+        networks.append(str(network))
+    return tuple(networks)
+
+
+def _check_auth(load: _Load) -> None:
+    auth = load.values["auth"]
     enabled = auth.get("enabled", True)
     if enabled:
         for key in ("server_url", "issuer_url", "jwks_url", "resource_server_url"):
             url = auth.get(key)
             if url and not _safe_transport(url):
-                warn("auth", key, url, _PLAIN_HTTP)
-    algs = auth.get("algorithms")
-    if algs is not None and (not algs or any(a not in ALLOWED_ALGORITHMS for a in algs)):
-        bad(
-            "auth",
-            "algorithms",
-            "a non-empty list from " + ", ".join(ALLOWED_ALGORITHMS) + " (never none or HS*)",
-            list(algs),
+                load.warn("auth", key, url, _PLAIN_HTTP)
+    algorithms = auth.get("algorithms")
+    if algorithms is not None and (
+        not algorithms or any(name not in ALLOWED_ALGORITHMS for name in algorithms)
+    ):
+        allowed = ", ".join(ALLOWED_ALGORITHMS)
+        load.bad(
+            "auth", "algorithms", f"a non-empty list from {allowed} (never none or HS*)", list(algorithms)
         )
-    if "required_scopes" in auth:
-        for s in auth["required_scopes"]:
-            if not re.match(r"^[\x21\x23-\x5b\x5d-\x7e]+$", s):
-                bad("auth", "required_scopes", "scope tokens without spaces, quotes or backslashes", s)
+    for scope in auth.get("required_scopes", ()):
+        if not _SCOPE_RE.match(scope):
+            load.bad("auth", "required_scopes", "scope tokens without spaces, quotes or backslashes", scope)
+    # server_url and issuer_url default to each other
     if auth.get("issuer_url") is None and auth.get("server_url") is not None:
         auth["issuer_url"] = auth["server_url"]
     if auth.get("server_url") is None and auth.get("issuer_url") is not None:
         auth["server_url"] = auth["issuer_url"]
     if enabled:
-        if not auth.get("resource_server_url") and not _raw_failed(problems, "resource_server_url"):
-            bad(
-                "auth",
-                "resource_server_url",
-                "the URL of this MCP endpoint that tokens carry as aud, e.g. https://mcp.example.com/mcp "
-                "(required while auth.enabled is true)",
-                "",
-            )
-        if not auth.get("issuer_url") and not _raw_failed(problems, "issuer_url", "server_url"):
-            bad(
-                "auth",
-                "issuer_url",
-                "the authorization server's issuer URL (AUTH_ISSUER_URL or AUTH_SERVER_URL; "
-                "required while auth.enabled is true)",
-                "",
-            )
-        if auth.get("jwks_url") and auth.get("jwks_file"):
-            bad("auth", "jwks_file", "either auth.jwks_file or auth.jwks_url, not both")
-        jf = auth.get("jwks_file")
-        if jf:
-            why = _check_jwks_file(jf)
-            if why:
-                bad("auth", "jwks_file", why)
+        _check_auth_enabled(load, auth)
 
-    # redis
-    url = rds.get("url")
-    if url is not None:
-        why = _check_redis_url(url)
-        if why:
-            bad("redis", "url", why)
-    if rds.get("password") and rds.get("password_file"):
-        bad("redis", "password_file", "either REDIS_PASSWORD or redis.password_file, not both")
-    pf = rds.get("password_file")
-    if pf:
-        try:
-            pw = Path(pf).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            pw = ""
-        if not pw:
-            bad("redis", "password_file", "a file holding the Redis password on its first line")
-        rds["password"] = pw or None
-    kp = rds.get("key_prefix")
-    if kp is not None and not _PREFIX_RE.match(kp):
-        bad("redis", "key_prefix", "1 to 64 characters from A-Z a-z 0-9 _ . : -")
 
-    # logging
-    if "handlers" in log:
-        handlers = []
-        hv = log["handlers"]
-        if not isinstance(hv, list) or not hv:
-            bad("logging", "handlers", "a non-empty list of {type: console} or {type: file, filename: PATH}")
-        else:
-            for h in hv:
-                if isinstance(h, dict) and h.get("type") == "console" and set(h) <= {"type"}:
-                    handlers.append(LogHandler("console"))
-                elif (
-                    isinstance(h, dict)
-                    and h.get("type") == "file"
-                    and isinstance(h.get("filename"), str)
-                    and set(h) <= {"type", "filename", "level"}
-                    and os.path.isabs(h["filename"])
-                ):
-                    handlers.append(LogHandler("file", h["filename"]))
-                else:
-                    bad(
-                        "logging",
-                        "handlers",
-                        "{type: console} or {type: file, filename: /absolute/path}",
-                        h,
-                    )
-        log["handlers"] = tuple(handlers)
+def _check_auth_enabled(load: _Load, auth: dict[str, Any]) -> None:
+    """What auth needs while it is on: the audience, an issuer, one source of keys."""
+    if not auth.get("resource_server_url") and not load.unconvertible("auth", "resource_server_url"):
+        load.bad("auth", "resource_server_url", _NO_AUDIENCE, "")
+    unreadable_issuer = load.unconvertible("auth", "issuer_url") or load.unconvertible("auth", "server_url")
+    if not auth.get("issuer_url") and not unreadable_issuer:
+        load.bad("auth", "issuer_url", _NO_ISSUER, "")
+    if auth.get("jwks_url") and auth.get("jwks_file"):
+        load.bad("auth", "jwks_file", "either auth.jwks_file or auth.jwks_url, not both")
+    jwks_file = auth.get("jwks_file")
+    if jwks_file and (why := _check_jwks_file(jwks_file)):
+        load.bad("auth", "jwks_file", why)
 
-    # cors
-    for o in cors.get("allowed_origins", ()):
-        parts = urlsplit(o)
-        if (
-            o == "*"
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.path not in ("",)
-            or parts.query
-            or "@" in parts.netloc
-        ):
-            bad(
+
+def _check_redis(load: _Load) -> None:
+    redis = load.values["redis"]
+    url = redis.get("url")
+    if url is not None and (why := _check_redis_url(url)):
+        load.bad("redis", "url", why)
+    if redis.get("password") and redis.get("password_file"):
+        load.bad("redis", "password_file", "either REDIS_PASSWORD or redis.password_file, not both")
+    password_file = redis.get("password_file")
+    if password_file:
+        password = _read_password(password_file)
+        if not password:
+            load.bad("redis", "password_file", "a file holding the Redis password on its first line")
+        redis["password"] = password or None
+    prefix = redis.get("key_prefix")
+    if prefix is not None and not _PREFIX_RE.match(prefix):
+        load.bad("redis", "key_prefix", "1 to 64 characters from A-Z a-z 0-9 _ . : -")
+
+
+def _check_logging(load: _Load) -> None:
+    logging_section = load.values["logging"]
+    if "handlers" not in logging_section:
+        return
+    given, handlers = logging_section["handlers"], []
+    if not isinstance(given, list) or not given:
+        load.bad("logging", "handlers", "a non-empty list of {type: console} or {type: file, filename: PATH}")
+    else:
+        for entry in given:
+            handler = _log_handler(entry)
+            if handler is None:
+                accepted = "{type: console} or {type: file, filename: /absolute/path}"
+                load.bad("logging", "handlers", accepted, entry)
+            else:
+                handlers.append(handler)
+    logging_section["handlers"] = tuple(handlers)
+
+
+def _log_handler(entry: Any) -> LogHandler | None:
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("type") == "console" and set(entry) <= {"type"}:
+        return LogHandler("console")
+    filename = entry.get("filename")
+    keys_ok = set(entry) <= {"type", "filename", "level"}
+    if entry.get("type") == "file" and keys_ok and isinstance(filename, str) and os.path.isabs(filename):
+        return LogHandler("file", filename)
+    return None
+
+
+def _check_cors(load: _Load) -> None:
+    cors = load.values["cors"]
+    for origin in cors.get("allowed_origins", ()):
+        if not _is_origin(origin):
+            load.bad(
                 "cors",
                 "allowed_origins",
                 "origins like https://app.example.com (scheme://host[:port], no '*')",
-                o,
+                origin,
             )
     if "allowed_methods" in cors:
-        cors["allowed_methods"] = tuple(m.upper() for m in cors["allowed_methods"])
-        for m in cors["allowed_methods"]:
-            if m not in ("GET", "POST", "DELETE", "OPTIONS", "HEAD"):
-                bad("cors", "allowed_methods", "GET, POST, DELETE, OPTIONS, HEAD", m)
+        cors["allowed_methods"] = tuple(method.upper() for method in cors["allowed_methods"])
+        for method in cors["allowed_methods"]:
+            if method not in CORS_METHODS:
+                load.bad("cors", "allowed_methods", ", ".join(CORS_METHODS), method)
 
-    # metrics
-    mp = met.get("path")
-    if mp is not None and (not mp.startswith("/") or mp in ("/mcp", "/health") or " " in mp):
-        bad("metrics", "path", "an absolute path other than /mcp and /health, e.g. /metrics")
 
-    # tls
-    tls = values["tls"]
+def _is_origin(origin: str) -> bool:
+    parts = urlsplit(origin)
+    return (
+        origin != "*"
+        and parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path == ""
+        and not parts.query
+        and "@" not in parts.netloc
+    )
+
+
+def _check_metrics(load: _Load) -> None:
+    path = load.values["metrics"].get("path")
+    if path is not None and (not path.startswith("/") or path in ("/mcp", "/health") or " " in path):
+        load.bad("metrics", "path", "an absolute path other than /mcp and /health, e.g. /metrics")
+
+
+def _check_tls(load: _Load) -> None:
+    tls = load.values["tls"]
     if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
-        missing = "key_file" if tls.get("cert_file") else "cert_file"
-        bad(
-            "tls",
-            missing,
-            "set together with tls." + ("cert_file" if missing == "key_file" else "key_file"),
-            "",
-        )
+        given, missing = ("cert_file", "key_file") if tls.get("cert_file") else ("key_file", "cert_file")
+        load.bad("tls", missing, f"set together with tls.{given}", "")
 
 
-def _raw_failed(problems: list[Problem], *keys: str) -> set[tuple[str, str]]:
-    """Keys that already have a conversion problem (so a 'missing' problem would be noise)."""
-    out = set()
-    for p in problems:
-        for k in keys:
-            if p.setting.endswith("." + k) or p.setting == _SCHEMA["auth"][k].env:
-                out.add(("auth", k))
-    return out
+_CHECKS: tuple[Callable[[_Load], None], ...] = (
+    _check_server,
+    _check_auth,
+    _check_redis,
+    _check_logging,
+    _check_cors,
+    _check_metrics,
+    _check_tls,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Files and URLs the checks read
+# --------------------------------------------------------------------------------------------
 
 
 def _read_key_ring(path: str) -> tuple[tuple[bytes, ...], str | None]:
@@ -797,30 +1005,38 @@ def _read_key_ring(path: str) -> tuple[tuple[bytes, ...], str | None]:
         if not line or line.startswith("#"):
             continue
         try:
-            k = base64.b64decode(line, validate=True)
+            key = base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError):
             return (), why
-        if len(k) < 32:
+        if len(key) < 32:
             return (), why
-        keys.append(k)
+        keys.append(key)
     if not keys or len(set(keys)) != len(keys):
         return (), why + " (no duplicates)"
     return tuple(keys), None
 
 
+def _read_password(path: str) -> str:
+    """The file's text without surrounding white space; "" when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _check_jwks_file(path: str) -> str | None:
     why = 'a JSON Web Key Set file ({"keys": [...]} with public keys only)'
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return why
-    keys = doc.get("keys") if isinstance(doc, dict) else None
+    keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
         return why
-    for k in keys:
-        if not isinstance(k, dict) or "kty" not in k:
+    for key in keys:
+        if not isinstance(key, dict) or "kty" not in key:
             return why
-        if k.get("kty") == "oct" or any(p in k for p in ("d", "p", "q", "k")):
+        if key.get("kty") == "oct" or any(private in key for private in ("d", "p", "q", "k")):
             return why
     return None
 
@@ -843,16 +1059,10 @@ def _check_redis_url(url: str) -> str | None:
                     accepted + " (no query parameters but db: options and secrets have settings of their own)"
                 )
     if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            return accepted
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            return accepted
-        return None
+        database = parts.path.lstrip("/")
+        return accepted if not parts.hostname or (database and not database.isdigit()) else None
     if parts.scheme == "unix":
-        if not parts.path.startswith("/"):
-            return accepted
-        return None
+        return None if parts.path.startswith("/") else accepted
     return accepted
 
 
@@ -902,20 +1112,36 @@ _PLAIN_HTTP = (
     "plain http to a host other than this one: tokens and signing keys travel unprotected and can be "
     "read or replaced on the way; use https"
 )
+_NO_AUDIENCE = (
+    "the URL of this MCP endpoint that tokens carry as aud, e.g. https://mcp.example.com/mcp "
+    "(required while auth.enabled is true)"
+)
+_NO_ISSUER = (
+    "the authorization server's issuer URL (AUTH_ISSUER_URL or AUTH_SERVER_URL; "
+    "required while auth.enabled is true)"
+)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
     """A log-safe summary (no secrets) for the start-up line."""
-    s = settings
+    server = settings.server
     return {
-        "name": s.server.name,
-        "instance_id": s.server.instance_id,
-        "listen": f"{s.server.host}:{s.server.port}",
-        "stateless": s.server.stateless,
-        "app": s.server.app or "reference",
-        "auth": s.auth.enabled,
-        "redis": redact_url(s.redis.url),
-        "ratelimit_per_minute": s.ratelimit.requests_per_minute if s.ratelimit.enabled else None,
-        "tls": s.tls.enabled,
-        "request_state_keys": len(s.server.request_state_keys),
+        "name": server.name,
+        "instance_id": server.instance_id,
+        "listen": f"{server.host}:{server.port}",
+        "stateless": server.stateless,
+        "app": server.app or "reference",
+        "auth": settings.auth.enabled,
+        "redis": redact_url(settings.redis.url),
+        "ratelimit_per_minute": settings.ratelimit.requests_per_minute
+        if settings.ratelimit.enabled
+        else None,
+        "tls": settings.tls.enabled,
+        "request_state_keys": len(server.request_state_keys),
     }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m mcpops_server.config --markdown")
+    sys.stdout.write(markdown_table())
