@@ -447,7 +447,7 @@ class RedisSettings:
         50, "REDIS_MAX_CONNECTIONS", _as_int(1, 10000), "connections in the pool of one instance"
     )
     socket_timeout: float = setting(
-        5.0,
+        1.0,
         "REDIS_SOCKET_TIMEOUT",
         _as_seconds(0, 300, above=True),
         "seconds to wait for a connection and for each reply; not retried",

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from conftest import mcp_session
 from mcpops_server.notes import owner_of
-from mcpops_testlib import ServerProc
+from mcpops_testlib import RedisServer, ServerProc
 from redis.asyncio import Redis
 
 
@@ -229,3 +229,34 @@ def test_a_hostile_principal_cannot_exhaust_the_server(bounded, issuer):
 async def _with_session(url: str, token: str, body) -> None:
     async with mcp_session(url, token) as c:
         await body(c)
+
+
+def test_a_frozen_redis_costs_a_notes_call_about_the_socket_timeout(workdir):
+    """Redis hangs (SIGSTOP): a notes call ends as a tool error after about redis.socket_timeout (1 s
+    by default), not after many seconds, and the instance answers again once Redis is back."""
+    frozen_redis = RedisServer(workdir / "redis-notes-frozen")
+    frozen_redis.start()
+    s = ServerProc(
+        "notes-frozen",
+        workdir / "notes-frozen",
+        {"REDIS_URL": frozen_redis.url, "AUTH_ENABLED": "false", "RATE_LIMIT_ENABLED": "false"},
+    )
+    s.start()
+    try:
+
+        async def go() -> tuple[bool, float, bool]:
+            async with mcp_session(s.mcp_url) as c:
+                with frozen_redis.frozen():
+                    t0 = time.monotonic()
+                    res = await c.call_tool("notes_add", {"title": "while frozen"})
+                    took = time.monotonic() - t0
+                after = await c.call_tool("notes_add", {"title": "after"})
+            return res.is_error, took, after.is_error
+
+        failed, took, failed_after = anyio.run(go)
+        assert failed, "a notes call with Redis frozen did not report an error"
+        assert took < 2.5, f"the call took {took:.1f} s with Redis frozen (socket timeout 1 s)"
+        assert not failed_after, s.fail("notes_add failed after Redis was back")
+    finally:
+        s.stop()
+        frozen_redis.stop()
