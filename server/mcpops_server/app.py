@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__, metrics
+from .asgi import JSON, TEXT, header, send_response
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
 from .config import Settings
 from .health import HealthChecker
@@ -178,19 +179,16 @@ class RateLimitGate:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
         ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": decision.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(decision.retry_after).encode()),
-                    (b"ratelimit-limit", str(decision.limit).encode()),
-                ],
-            }
+        await send_response(
+            send,
+            decision.status,
+            body,
+            JSON,
+            [
+                (b"retry-after", str(decision.retry_after).encode()),
+                (b"ratelimit-limit", str(decision.limit).encode()),
+            ],
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 # ------------------------------------------------------------------------------- tool observer
@@ -316,13 +314,6 @@ class ToolObserver:
 # ------------------------------------------------------------------------------- gateway
 
 
-def _header(scope: Any, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return v.decode("latin-1")
-    return None
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -347,22 +338,6 @@ def _valid_request_id(v: str | None) -> bool:
     return v is not None and 0 < len(v) <= 128 and all(33 <= ord(c) <= 126 for c in v)
 
 
-async def _plain(send: Any, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = text.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class Gateway:
     def __init__(self, settings: Settings, mcp_chain: Any, other: Any, client_address: ClientAddress):
         self.s = settings
@@ -370,6 +345,7 @@ class Gateway:
         self.other = other
         self.client_address = client_address
         self.max_body = settings.server.max_body_bytes
+        self.too_large = f"Request body too large (limit {self.max_body} bytes)".encode()
         self.draining = False
         hosts = set()
         self.any_port_hosts = set(_LOOPBACK_HOSTS)
@@ -435,11 +411,11 @@ class Gateway:
         t0 = time.perf_counter()
         path = scope["path"]
         method = scope["method"]
-        rid = _header(scope, b"x-request-id")
+        rid = header(scope, b"x-request-id")
         if not _valid_request_id(rid):
             rid = uuid.uuid4().hex
         client_ip = self.client_address(scope)
-        sid = _header(scope, b"mcp-session-id")
+        sid = header(scope, b"mcp-session-id")
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["client_ip"] = client_ip
@@ -447,7 +423,7 @@ class Gateway:
         rid_token = request_id_var.set(rid)
         sid_token = session_id_var.set(sid)
         uid_token = user_id_var.set(None)
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         cors_ok = origin is not None and origin.rstrip("/").lower() in self.cors_origins
         status_box = [0, 0]  # status, bytes
         rid_b = rid.encode()
@@ -503,7 +479,7 @@ class Gateway:
                         "session_id": state.get("session_id"),
                         "tool_name": state.get("tool_name"),
                         "result": state.get("tool_result"),
-                        "user_agent": _header(scope, b"user-agent"),
+                        "user_agent": header(scope, b"user-agent"),
                     },
                 )
             request_id_var.reset(rid_token)
@@ -522,45 +498,44 @@ class Gateway:
         is_mcp: bool,
     ) -> None:
         # CORS preflight
-        if method == "OPTIONS" and origin is not None and _header(scope, b"access-control-request-method"):
+        if method == "OPTIONS" and origin is not None and header(scope, b"access-control-request-method"):
             if not cors_ok:
-                await _plain(send, 403, "Origin not allowed")
+                await send_response(send, 403, b"Origin not allowed", TEXT)
                 return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 204,
-                    "headers": [
-                        (b"access-control-allow-methods", self.cors_methods),
-                        (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
-                        (b"access-control-max-age", self.cors_max_age),
-                    ],
-                }
+            await send_response(
+                send,
+                204,
+                headers=[
+                    (b"access-control-allow-methods", self.cors_methods),
+                    (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
+                    (b"access-control-max-age", self.cors_max_age),
+                ],
             )
-            await send({"type": "http.response.body", "body": b""})
             return
-        cl = _header(scope, b"content-length")
+        cl = header(scope, b"content-length")
         if cl is not None:
             try:
                 too_big = int(cl) > self.max_body
             except ValueError:
-                await _plain(send, 400, "Invalid Content-Length")
+                await send_response(send, 400, b"Invalid Content-Length", TEXT)
                 return
             if too_big:
-                await _plain(send, 413, f"Request body too large (limit {self.max_body} bytes)")
+                await send_response(send, 413, self.too_large, TEXT)
                 return
         if is_mcp:
-            host = _header(scope, b"host")
+            host = header(scope, b"host")
             if not self._host_ok(host):
                 logger.warning("refused a request with Host %r", host)
-                await _plain(send, 421, "Invalid Host header")
+                await send_response(send, 421, b"Invalid Host header", TEXT)
                 return
             if origin is not None and not self._origin_ok(origin, host):
                 logger.warning("refused a request with Origin %r", origin)
-                await _plain(send, 403, "Invalid Origin header")
+                await send_response(send, 403, b"Invalid Origin header", TEXT)
                 return
-            if self.draining and _header(scope, b"mcp-session-id") is None:
-                await _plain(send, 503, "Shutting down", [(b"retry-after", b"1"), (b"connection", b"close")])
+            if self.draining and header(scope, b"mcp-session-id") is None:
+                await send_response(
+                    send, 503, b"Shutting down", TEXT, [(b"retry-after", b"1"), (b"connection", b"close")]
+                )
                 return
             await self.mcp(scope, receive, send)
             return

@@ -30,6 +30,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 
 from . import metrics
+from .asgi import JSON, send_response
 from .config import AuthSettings
 from .jwks import KTY_ALGS, FetchError, KeyStore
 from .logging import user_id_var
@@ -283,19 +284,13 @@ class AuthGate:
         parts.append(f'resource_metadata="{self.metadata_url}"')
         challenge = "Bearer " + ", ".join(parts)
         body = json.dumps({"error": error or "invalid_request", "error_description": description}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge.encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        await send_response(
+            send,
+            status,
+            body,
+            JSON,
+            [(b"www-authenticate", challenge.encode()), (b"cache-control", b"no-store")],
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def protected_resource_metadata(settings: AuthSettings, resource_name: str) -> dict[str, Any]:

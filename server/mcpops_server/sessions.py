@@ -37,6 +37,7 @@ from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from . import metrics
+from .asgi import JSON, send_response
 
 logger = logging.getLogger("mcpops.sessions")
 
@@ -178,11 +179,4 @@ class InstanceSessionManager(StreamableHTTPSessionManager):
 async def _refuse(send: Any, limit: int) -> None:
     message = f"Too many open sessions for this client (limit {limit}): end one (DELETE) or retry later"
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_response(send, 429, body, JSON)
