@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import ipaddress
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from starlette.routing import BaseRoute, Route
 from . import __version__, metrics
 from .asgi import JSON, TEXT, header, send_response
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
+from .clientaddr import ClientAddress
 from .config import Settings
 from .health import HealthChecker
 from .inflight import InFlightCalls
@@ -112,46 +112,6 @@ def redis_client(settings: Settings, *, timeout: float | None = None, retry: boo
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
-
-
-# ------------------------------------------------------------------------------- client address
-
-
-class ClientAddress:
-    def __init__(self, trusted: tuple[str, ...]):
-        self.nets = [ipaddress.ip_network(n) for n in trusted]
-
-        self._cache: dict[str, bool] = {}
-
-    def _trusted(self, ip: str) -> bool:
-        hit = self._cache.get(ip)
-        if hit is not None:
-            return hit
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        trusted = any(addr in n for n in self.nets)
-        if len(self._cache) < 4096:
-            self._cache[ip] = trusted
-        return trusted
-
-    def __call__(self, scope: dict[str, Any]) -> str:
-        peer = (scope.get("client") or ("unknown", 0))[0]
-        if not self.nets or not self._trusted(peer):
-            return peer
-        xff = None
-        for k, v in scope["headers"]:
-            if k == b"x-forwarded-for":
-                xff = v.decode("latin-1") if xff is None else xff + "," + v.decode("latin-1")
-        if not xff:
-            return peer
-        # Walk from the right: the first address not belonging to a trusted proxy is the client.
-        hops = [h.strip() for h in xff.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
 
 
 # ------------------------------------------------------------------------------- rate limit gate
