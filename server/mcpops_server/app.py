@@ -52,21 +52,18 @@ from .notes import SCHEMA_VERSION, NotesStore
 from .ratelimit import RateLimiter
 from .sessions import InstanceSessionManager
 from .tools import StoreRef, build_reference_server
+from .transport import TransportSecurity
 
 logger = logging.getLogger("mcpops.server")
 access_logger = logging.getLogger("mcpops.access")
 
 MCP_PATH = "/mcp"
 _METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _HANDSHAKE = frozenset({"initialize", "notifications/initialized"})
 _RELIST_INTERVAL = 5.0  # seconds between two tools/list calls made for the metric labels
 _RELIST_PAGES = 20
 _LISTED_MAX = 10_000  # tool names remembered for the metric labels
 _BAD_TOOL_NAME = "Invalid tool name: 1 to 128 characters from A-Z a-z 0-9 _ . - are allowed"
-_ALLOW_HEADERS = (
-    "Authorization, Content-Type, Mcp-Session-Id, Mcp-Protocol-Version, Last-Event-ID, X-Request-ID"
-)
 
 
 class AppLoadError(Exception):
@@ -274,88 +271,28 @@ class ToolObserver:
 # ------------------------------------------------------------------------------- gateway
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _split_host_port(authority: str, default_port: int) -> tuple[str, int] | None:
-    """``host[:port]`` (IPv6 in brackets) as (host, port); None when it is not one."""
-    if not authority or any(c in authority for c in "/?#@ "):
-        return None
-    if authority.startswith("["):
-        name, bracket, rest = authority.partition("]")
-        name += bracket
-        if not bracket or (rest and not rest.startswith(":")):
-            return None
-        port = rest[1:]
-    else:
-        name, _sep, port = authority.partition(":")
-    if not port:
-        return name, default_port
-    return (name, int(port)) if port.isdigit() and len(port) <= 5 else None
-
-
 def _valid_request_id(v: str | None) -> bool:
     return v is not None and 0 < len(v) <= 128 and all(33 <= ord(c) <= 126 for c in v)
 
 
 class Gateway:
-    def __init__(self, settings: Settings, mcp_chain: Any, other: Any, client_address: ClientAddress):
-        self.s = settings
+    def __init__(
+        self,
+        mcp_chain: Any,
+        other: Any,
+        client_address: ClientAddress,
+        transport: TransportSecurity,
+        metrics_path: str | None,
+    ):
         self.mcp = mcp_chain
         self.other = other
         self.client_address = client_address
-        self.max_body = settings.server.max_body_bytes
-        self.too_large = f"Request body too large (limit {self.max_body} bytes)".encode()
+        self.transport = transport
         self.draining = False
-        hosts = set()
-        self.any_port_hosts = set(_LOOPBACK_HOSTS)
-        for h in settings.server.public_hosts:
-            if h.endswith("]") or ":" not in h:
-                self.any_port_hosts.add(h)
-            else:
-                hosts.add(h)
-        self.exact_hosts = hosts
-        origins = set(settings.cors.allowed_origins)
-        for h in settings.server.public_hosts:
-            origins.add(f"https://{h}")
-            origins.add(f"http://{h}")
-        self.mcp_origins = {o.rstrip("/").lower() for o in origins}
-        self.cors_origins = {o.rstrip("/").lower() for o in settings.cors.allowed_origins}
-        self.cors_methods = ", ".join(settings.cors.allowed_methods).encode()
-        self.cors_expose = ", ".join(settings.cors.expose_headers).encode()
-        self.cors_max_age = str(settings.cors.max_age).encode()
-        self.metrics_path = settings.metrics.path if settings.metrics.enabled else None
+        self.metrics_path = metrics_path
         self.routes = {MCP_PATH, "/health", "/.well-known/oauth-protected-resource"}
         if self.metrics_path:
             self.routes.add(self.metrics_path)
-
-    def _host_ok(self, host: str | None) -> bool:
-        if not host:
-            return False
-        host = host.lower()
-        if host in self.exact_hosts or host in self.any_port_hosts:
-            return True
-        name, sep, port = host.rpartition(":")
-        return bool(sep) and port.isdigit() and name in self.any_port_hosts
-
-    def _origin_ok(self, origin: str, host: str | None) -> bool:
-        """A configured origin, or the server's own: the Host the request was sent to (already checked
-        to be a public host or a loopback name) on the same port, any loopback name standing for another.
-        """
-        o = origin.rstrip("/").lower()
-        if o in self.mcp_origins:
-            return True
-        scheme, sep, rest = o.partition("://")
-        if not sep or scheme not in _DEFAULT_PORTS or not host:
-            return False
-        default = _DEFAULT_PORTS[scheme]
-        origin_at = _split_host_port(rest, default)
-        host_at = _split_host_port(host.lower(), default)
-        if origin_at is None or host_at is None or origin_at[1] != host_at[1]:
-            return False
-        return origin_at[0] == host_at[0] or (
-            origin_at[0] in _LOOPBACK_HOSTS and host_at[0] in _LOOPBACK_HOSTS
-        )
 
     def _route_label(self, path: str) -> str:
         if path in self.routes:
@@ -384,7 +321,7 @@ class Gateway:
         sid_token = session_id_var.set(sid)
         uid_token = user_id_var.set(None)
         origin = header(scope, b"origin")
-        cors_ok = origin is not None and origin.rstrip("/").lower() in self.cors_origins
+        cors_ok = self.transport.cors_allowed(origin)
         status_box = [0, 0]  # status, bytes
         rid_b = rid.encode()
 
@@ -394,9 +331,7 @@ class Gateway:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", rid_b))
                 if cors_ok:
-                    headers.append((b"access-control-allow-origin", origin.encode()))  # type: ignore[union-attr]
-                    headers.append((b"access-control-expose-headers", self.cors_expose))
-                    headers.append((b"vary", b"Origin"))
+                    headers.extend(self.transport.cors_headers(origin))  # type: ignore[arg-type]
                 for k, v in headers:
                     if k.lower() == b"mcp-session-id":
                         state["session_id"] = v.decode("latin-1")
@@ -457,41 +392,11 @@ class Gateway:
         cors_ok: bool,
         is_mcp: bool,
     ) -> None:
-        # CORS preflight
-        if method == "OPTIONS" and origin is not None and header(scope, b"access-control-request-method"):
-            if not cors_ok:
-                await send_response(send, 403, b"Origin not allowed", TEXT)
-                return
-            await send_response(
-                send,
-                204,
-                headers=[
-                    (b"access-control-allow-methods", self.cors_methods),
-                    (b"access-control-allow-headers", _ALLOW_HEADERS.encode()),
-                    (b"access-control-max-age", self.cors_max_age),
-                ],
-            )
+        answer = self.transport.screen(scope, method, origin, cors_ok, is_mcp)
+        if answer is not None:
+            await send_response(send, answer.status, answer.body, answer.content_type, answer.headers)
             return
-        cl = header(scope, b"content-length")
-        if cl is not None:
-            try:
-                too_big = int(cl) > self.max_body
-            except ValueError:
-                await send_response(send, 400, b"Invalid Content-Length", TEXT)
-                return
-            if too_big:
-                await send_response(send, 413, self.too_large, TEXT)
-                return
         if is_mcp:
-            host = header(scope, b"host")
-            if not self._host_ok(host):
-                logger.warning("refused a request with Host %r", host)
-                await send_response(send, 421, b"Invalid Host header", TEXT)
-                return
-            if origin is not None and not self._origin_ok(origin, host):
-                logger.warning("refused a request with Origin %r", origin)
-                await send_response(send, 403, b"Invalid Origin header", TEXT)
-                return
             if self.draining and header(scope, b"mcp-session-id") is None:
                 await send_response(
                     send, 503, b"Shutting down", TEXT, [(b"retry-after", b"1"), (b"connection", b"close")]
@@ -650,7 +555,9 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
                 await limiter_redis.aclose()
 
     inner = Starlette(routes=routes, lifespan=lifespan)
-    gateway = Gateway(s, chain, inner, client_address)
+    gateway = Gateway(
+        chain, inner, client_address, TransportSecurity(s), s.metrics.path if s.metrics.enabled else None
+    )
     rt.gateway = gateway
     return gateway, rt
 

@@ -9,7 +9,7 @@ import uuid
 import anyio
 import httpx2
 from conftest import mcp_session
-from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, wait_for
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, post_body, wait_for
 
 
 def test_tools_list_and_call(fleet, issuer):
@@ -89,51 +89,15 @@ def test_session_ids_carry_the_instance_id(fleet, issuer):
     assert head == f"p{s.port}" and len(tail) == 32 and int(tail, 16) >= 0
 
 
-def _post(url, body, tok, **headers):
-    return httpx2.post(
-        url,
-        content=body,
-        headers={
-            "Authorization": f"Bearer {tok}",
-            "Accept": ACCEPT_BOTH,
-            "Content-Type": "application/json",
-            **headers,
-        },
-    )
-
-
 def test_malformed_json_rpc(fleet, issuer):
     s = fleet.main
     tok = issuer.token(s.mcp_url)
-    r = _post(s.mcp_url, b"{this is not json", tok)
+    r = post_body(s.mcp_url, b"{this is not json", tok)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == -32700
-    r = _post(s.mcp_url, json.dumps({"hello": "world"}).encode(), tok)
+    r = post_body(s.mcp_url, json.dumps({"hello": "world"}).encode(), tok)
     assert r.status_code == 400
     assert r.json()["error"]["code"] in (-32600, -32602, -32700)
-
-
-def test_body_over_the_limit_gets_413(fleet, issuer):
-    s = fleet.main
-    tok = issuer.token(s.mcp_url)
-    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 9000}}).encode()
-    r = _post(s.mcp_url, big, tok)
-    assert r.status_code == 413
-
-    def chunks():
-        yield big[:4000]
-        yield big[4000:]
-
-    r = httpx2.post(
-        s.mcp_url,
-        content=chunks(),
-        headers={
-            "Authorization": f"Bearer {tok}",
-            "Accept": ACCEPT_BOTH,
-            "Content-Type": "application/json",
-        },
-    )
-    assert r.status_code == 413
 
 
 def test_metrics_move_after_a_call(fleet, issuer):

@@ -1,10 +1,12 @@
-"""Host/Origin validation and CORS."""
+"""Transport security (transport.py): Host/Origin validation, the body limit, CORS."""
 
 from __future__ import annotations
 
+import json
+
 import httpx2
 from mcpops_testlib import ACCEPT_BOTH as ACCEPT
-from mcpops_testlib import INIT_REQUEST
+from mcpops_testlib import INIT_REQUEST, post_body
 
 
 def test_bad_host_gets_421(fleet, issuer):
@@ -100,6 +102,29 @@ def test_cors_for_an_allowed_origin(fleet, issuer):
         s.mcp_url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert bad.status_code == 403
+
+
+def test_body_over_the_limit_gets_413(fleet, issuer):
+    s = fleet.main
+    tok = issuer.token(s.mcp_url)
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 9000}}).encode()
+    r = post_body(s.mcp_url, big, tok)
+    assert r.status_code == 413
+
+    def chunks():
+        yield big[:4000]
+        yield big[4000:]
+
+    r = httpx2.post(
+        s.mcp_url,
+        content=chunks(),
+        headers={
+            "Authorization": f"Bearer {tok}",
+            "Accept": ACCEPT,
+            "Content-Type": "application/json",
+        },
+    )
+    assert r.status_code == 413
 
 
 def test_request_id_is_echoed(fleet):
