@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import math
 import time
@@ -41,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__, metrics
-from .asgi import JSON, TEXT, header, send_response
+from .asgi import TEXT, header, send_response
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
 from .clientaddr import ClientAddress
 from .config import Settings
@@ -49,7 +48,7 @@ from .health import HealthChecker
 from .inflight import InFlightCalls
 from .logging import request_id_var, session_id_var, tool_name_var, user_id_var
 from .notes import SCHEMA_VERSION, NotesStore
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RateLimitGate
 from .sessions import InstanceSessionManager
 from .tools import StoreRef, build_reference_server
 from .transport import TransportSecurity
@@ -109,43 +108,6 @@ def redis_client(settings: Settings, *, timeout: float | None = None, retry: boo
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
-
-
-# ------------------------------------------------------------------------------- rate limit gate
-
-
-class RateLimitGate:
-    def __init__(self, app: Any, limiter: RateLimiter, client_address: ClientAddress):
-        self.app = app
-        self.limiter = limiter
-        self.client_address = client_address
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        state = scope.setdefault("state", {})
-        principal = state.get("principal") or "ip:" + state.get("client_ip", self.client_address(scope))
-        decision = await self.limiter.hit(principal)
-        if decision.allowed:
-            await self.app(scope, receive, send)
-            return
-        if decision.status == 429:
-            metrics.ratelimit_rejected_total.inc()
-            message = f"Rate limit exceeded; retry after {decision.retry_after} s"
-        else:
-            message = f"Rate limit cannot be checked; retry after {decision.retry_after} s"
-        state["rate_limited"] = True
-        body = json.dumps(
-            {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
-        ).encode()
-        await send_response(
-            send,
-            decision.status,
-            body,
-            JSON,
-            [
-                (b"retry-after", str(decision.retry_after).encode()),
-                (b"ratelimit-limit", str(decision.limit).encode()),
-            ],
-        )
 
 
 # ------------------------------------------------------------------------------- tool observer
