@@ -25,7 +25,7 @@ from typing import Any
 
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
-from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.server.request_state import RequestStateSecurity
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -46,7 +46,13 @@ from .logging import request_id_var, session_id_var, user_id_var
 from .notes import SCHEMA_VERSION, NotesStore
 from .observe import HttpObserver, ToolObserver
 from .ratelimit import RateLimiter, RateLimitGate
-from .sessions import InstanceSessionManager
+from .sdk import (
+    InstanceSessionManager,
+    attach_session_manager,
+    custom_routes,
+    install_key_ring,
+    lowlevel_server,
+)
 from .tools import StoreRef, build_reference_server
 from .transport import TransportSecurity
 
@@ -225,18 +231,6 @@ class Runtime:
                 logger.info("closed %d notification stream(s) for shutdown", n)
 
 
-def _install_key_ring(lowlevel: Server[Any], keys: tuple[bytes, ...], audience: str) -> None:
-    """Swap the SDK's request-state boundary for one sealing with the configured key ring."""
-    security = RequestStateSecurity(keys=list(keys))
-    boundary = RequestStateBoundary(security, default_audience=audience)
-    mw = lowlevel.middleware
-    for i, m in enumerate(mw):
-        if isinstance(m, RequestStateBoundary):
-            mw[i] = boundary
-            return
-    mw.insert(0, boundary)
-
-
 def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, Runtime]:
     rt = runtime or Runtime(settings)
     s = settings
@@ -251,9 +245,9 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
         )
         server = build_reference_server(s.server.name, ref, security, s.notes)
     rt.mcp_server = server
-    lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
+    lowlevel = lowlevel_server(server)
     if s.server.request_state_keys and s.server.app:
-        _install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
+        install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
 
     manager = InstanceSessionManager(
         app=lowlevel,
@@ -267,8 +261,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
         max_sessions_per_principal=s.server.max_sessions_per_principal,
     )
     lowlevel.middleware.insert(0, ToolObserver(server, manager.mark_used))
-    # MCPServer.session_manager reads this; user code may rely on it.
-    lowlevel._session_manager = manager
+    attach_session_manager(lowlevel, manager)  # MCPServer.session_manager; user code may rely on it
     rt.manager = manager
     metrics.sessions_active.set_function(lambda: manager.open_sessions)
 
@@ -314,8 +307,7 @@ def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, 
             return Response(body, media_type=ctype)
 
         routes.append(Route(s.metrics.path, metrics_ep, methods=["GET"]))
-    if isinstance(server, MCPServer):
-        routes.extend(server._custom_starlette_routes)
+    routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult, PaginatedRequestParams
 from . import metrics
 from .asgi import header
 from .logging import request_id_var, session_id_var, tool_name_var, user_id_var
+from .sdk import lowlevel_server, tool_lookup
 
 logger = logging.getLogger("mcpops.server")
 access_logger = logging.getLogger("mcpops.access")
@@ -111,14 +112,14 @@ class ToolObserver:
     def __init__(self, server: MCPServer | Server[Any], on_use: Callable[[str], None] | None = None):
         self.server = server
         self.on_use = on_use  # told the session id of every message but the handshake
-        self.lowlevel: Server[Any] = server._lowlevel_server if isinstance(server, MCPServer) else server
+        self.lowlevel = lowlevel_server(server)
+        self.has_tool = tool_lookup(server)
         self.listed: set[str] = set()
         self.relisted_at = -math.inf
 
     async def _label(self, ctx: Any, name: str) -> str:
-        tm = getattr(self.server, "_tool_manager", None)
-        if tm is not None:
-            return name if tm.get_tool(name) is not None else "unknown"
+        if self.has_tool is not None:
+            return name if self.has_tool(name) else "unknown"
         if name in self.listed:
             return name
         now = time.monotonic()
