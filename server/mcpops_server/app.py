@@ -1,15 +1,18 @@
-"""Builds the ASGI application.
+"""Builds the ASGI application: the pieces of the request path, put together once at start-up.
 
 Request path, outermost first (all pure ASGI, no per-request Starlette middleware objects)::
 
-    Gateway    request id, access log line, HTTP metrics, CORS, body limit (Content-Length),
-               Host/Origin validation (for /mcp), draining during shutdown
-    /mcp  ->   AuthGate (JWT, 401/403) -> RateLimitGate (Redis, 429) -> the SDK's session manager
+    Gateway    (here) request id, client address (clientaddr.py), transport rules: CORS, body
+               limit, Host/Origin for /mcp (transport.py), draining during shutdown, then the
+               HTTP metrics and access line once the request ends (observe.HttpObserver)
+    /mcp  ->   AuthGate (auth.py: JWT, 401/403) -> RateLimitGate (ratelimit.py: Redis, 429)
+               -> InFlightCalls (inflight.py) -> the SDK's session manager (sdk.py, sessions.py)
+               -> the MCP server, its first middleware ToolObserver (observe.py)
     else  ->   Starlette: /health, /metrics, RFC 9728 metadata, the user's custom routes
 
-The MCP server is the reference toolset or the user's ``server.app``; either way we drive its
-low-level ``Server`` with our own session manager (instance-owned session ids), and add a
-context-tier middleware that times tool calls for metrics and logs.
+Every response the path answers itself goes through ``asgi.send_response``. The MCP server is the
+reference toolset or the user's ``server.app``; either way we drive its low-level ``Server`` with
+our own session manager (instance-owned session ids).
 """
 
 from __future__ import annotations
@@ -20,22 +23,18 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.request_state import RequestStateSecurity
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import __version__, metrics
+from . import metrics
 from .asgi import TEXT, header, send_response
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
 from .clientaddr import ClientAddress
@@ -46,6 +45,7 @@ from .logging import request_id_var, session_id_var, user_id_var
 from .notes import SCHEMA_VERSION, NotesStore
 from .observe import HttpObserver, ToolObserver
 from .ratelimit import RateLimiter, RateLimitGate
+from .redisclient import redis_client
 from .sdk import (
     InstanceSessionManager,
     attach_session_manager,
@@ -84,30 +84,6 @@ def load_user_app(spec: str) -> MCPServer | Server[Any]:
     return obj
 
 
-def redis_client(settings: Settings, *, timeout: float | None = None, retry: bool = True) -> Redis:
-    """A pooled client. ``timeout`` (default ``redis.socket_timeout``) bounds each wait: for a free
-    connection, to connect, for a reply. ``retry`` allows one reconnect after a broken connection
-    (a Redis restart, an idle connection dropped); a timeout is never retried."""
-    r = settings.redis
-    timeout = r.socket_timeout if timeout is None else timeout
-    pool = BlockingConnectionPool.from_url(
-        r.url,
-        max_connections=r.max_connections,
-        timeout=timeout,
-        username=r.username,
-        password=r.password,
-        socket_timeout=timeout,
-        socket_connect_timeout=min(timeout, 2.0),
-        retry=(
-            Retry(ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(RedisConnectionError,))
-            if retry
-            else Retry(NoBackoff(), 0)
-        ),
-        health_check_interval=30,
-    )
-    return Redis(connection_pool=pool)
-
-
 # ------------------------------------------------------------------------------- gateway
 
 
@@ -117,10 +93,7 @@ def _valid_request_id(value: str | None) -> bool:
 
 
 class Gateway:
-    """The ASGI app: request id, client address, CORS headers, transport rules, drain, observation.
-
-    /mcp goes to the auth gate and what follows it, anything else to Starlette.
-    """
+    """The ASGI app uvicorn serves: what every request goes through, then /mcp or Starlette."""
 
     def __init__(
         self,
@@ -206,146 +179,137 @@ class Gateway:
 # ------------------------------------------------------------------------------- assembly
 
 
+@dataclass(frozen=True)
 class Runtime:
-    """What the CLI needs to drive shutdown, and what the tests poke at."""
+    """What the CLI needs to drive shutdown."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.redis: Redis | None = None
-        self.verifier: JWKSVerifier | None = None
-        self.manager: InstanceSessionManager | None = None
-        self.gateway: Gateway | None = None
-        self.mcp_server: MCPServer | Server[Any] | None = None
-        self.inflight: InFlightCalls | None = None
+    gateway: Gateway
+    manager: InstanceSessionManager
+    inflight: InFlightCalls
+
+    def begin_drain(self) -> None:
+        self.gateway.draining = True
+        closed = self.manager.close_standalone_streams()
+        if closed:
+            logger.info("closed %d notification stream(s) for shutdown", closed)
 
     async def end_calls(self) -> int:
         """At the end of the graceful timeout: every call still open gets a JSON-RPC error."""
-        return await self.inflight.end_all() if self.inflight is not None else 0
-
-    def begin_drain(self) -> None:
-        if self.gateway is not None:
-            self.gateway.draining = True
-        if self.manager is not None:
-            n = self.manager.close_standalone_streams()
-            if n:
-                logger.info("closed %d notification stream(s) for shutdown", n)
+        return await self.inflight.end_all()
 
 
-def build_app(settings: Settings, runtime: Runtime | None = None) -> tuple[Any, Runtime]:
-    rt = runtime or Runtime(settings)
-    s = settings
-    ref = StoreRef()
-    if s.server.app:
-        server = load_user_app(s.server.app)
+def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
+    store_ref = StoreRef()
+    if settings.server.app:
+        server = load_user_app(settings.server.app)
     else:
         security = (
-            RequestStateSecurity(keys=list(s.server.request_state_keys))
-            if s.server.request_state_keys
+            RequestStateSecurity(keys=list(settings.server.request_state_keys))
+            if settings.server.request_state_keys
             else None
         )
-        server = build_reference_server(s.server.name, ref, security, s.notes)
-    rt.mcp_server = server
+        server = build_reference_server(settings.server.name, store_ref, security, settings.notes)
     lowlevel = lowlevel_server(server)
-    if s.server.request_state_keys and s.server.app:
-        install_key_ring(lowlevel, s.server.request_state_keys, lowlevel.name)
+    if settings.server.request_state_keys and settings.server.app:
+        install_key_ring(lowlevel, settings.server.request_state_keys, lowlevel.name)
 
     manager = InstanceSessionManager(
         app=lowlevel,
-        instance_id=s.server.instance_id,
-        stateless=s.server.stateless,
-        security_settings=None,  # Host/Origin are checked by the Gateway, with the configured names
-        max_request_body_size=s.server.max_body_bytes,
-        session_idle_timeout=s.server.session_idle_timeout,
-        session_unused_timeout=s.server.session_unused_timeout,
-        max_sessions=s.server.max_sessions,
-        max_sessions_per_principal=s.server.max_sessions_per_principal,
+        instance_id=settings.server.instance_id,
+        stateless=settings.server.stateless,
+        security_settings=None,  # Host and Origin are checked by transport.py, with the configured names
+        max_request_body_size=settings.server.max_body_bytes,
+        session_idle_timeout=settings.server.session_idle_timeout,
+        session_unused_timeout=settings.server.session_unused_timeout,
+        max_sessions=settings.server.max_sessions,
+        max_sessions_per_principal=settings.server.max_sessions_per_principal,
     )
     lowlevel.middleware.insert(0, ToolObserver(server, manager.mark_used))
     attach_session_manager(lowlevel, manager)  # MCPServer.session_manager; user code may rely on it
-    rt.manager = manager
     metrics.sessions_active.set_function(lambda: manager.open_sessions)
 
-    client_address = ClientAddress(s.server.trusted_proxies)
-    rt.inflight = InFlightCalls(manager.handle_request)
-    chain: Any = rt.inflight
-    redis = redis_client(s)
-    rt.redis = redis
+    # The /mcp chain, built inside out.
+    client_address = ClientAddress(settings.server.trusted_proxies)
+    inflight = InFlightCalls(manager.handle_request)
+    chain: Any = inflight
+    redis = redis_client(settings)
     # The limiter sits on every request: a pool of its own, its own short deadline, no retries.
-    limiter_redis = redis_client(s, timeout=s.ratelimit.timeout, retry=False) if s.ratelimit.enabled else None
+    limiter_redis = (
+        redis_client(settings, timeout=settings.ratelimit.timeout, retry=False)
+        if settings.ratelimit.enabled
+        else None
+    )
     if limiter_redis is not None:
-        limiter = RateLimiter(limiter_redis, s.ratelimit, s.redis.key_prefix)
+        limiter = RateLimiter(limiter_redis, settings.ratelimit, settings.redis.key_prefix)
         chain = RateLimitGate(chain, limiter, client_address)
     routes: list[BaseRoute] = []
-    if s.auth.enabled:
-        assert s.auth.resource_server_url
-        verifier = JWKSVerifier(s.auth)
-        rt.verifier = verifier
-        meta_url = resource_metadata_url(s.auth.resource_server_url)
-        chain = AuthGate(chain, verifier, meta_url, s.auth.required_scopes)
-        doc = protected_resource_metadata(s.auth, s.server.name)
+    verifier: JWKSVerifier | None = None
+    if settings.auth.enabled:
+        assert settings.auth.resource_server_url
+        verifier = JWKSVerifier(settings.auth)
+        metadata_url = resource_metadata_url(settings.auth.resource_server_url)
+        chain = AuthGate(chain, verifier, metadata_url, settings.auth.required_scopes)
+        metadata = protected_resource_metadata(settings.auth, settings.server.name)
 
-        async def prm(request: Request) -> Response:
-            return JSONResponse(doc, headers={"Cache-Control": "public, max-age=300"})
+        async def resource_metadata(request: Request) -> Response:
+            return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=300"})
 
-        meta_path = WELL_KNOWN + meta_url.split(WELL_KNOWN, 1)[1]
-        routes.append(Route(meta_path, prm, methods=["GET"]))
-        if meta_path != WELL_KNOWN:
-            routes.append(Route(WELL_KNOWN, prm, methods=["GET"]))
+        metadata_path = WELL_KNOWN + metadata_url.split(WELL_KNOWN, 1)[1]
+        routes.append(Route(metadata_path, resource_metadata, methods=["GET"]))
+        if metadata_path != WELL_KNOWN:
+            routes.append(Route(WELL_KNOWN, resource_metadata, methods=["GET"]))
 
-    health = HealthChecker(s, redis, rt.verifier)
+    # Everything else: Starlette.
+    health = HealthChecker(settings, redis, verifier)
 
-    async def health_ep(request: Request) -> Response:
-        draining = rt.gateway is not None and rt.gateway.draining
-        code, body = await health.run(draining=draining)
+    async def health_endpoint(request: Request) -> Response:
+        code, body = await health.run(draining=gateway.draining)  # gateway: bound below, before any request
         return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
 
-    routes.append(Route("/health", health_ep, methods=["GET", "HEAD"]))
-    if s.metrics.enabled:
+    routes.append(Route("/health", health_endpoint, methods=["GET", "HEAD"]))
+    if settings.metrics.enabled:
 
-        async def metrics_ep(request: Request) -> Response:
-            body, ctype = metrics.render()
-            return Response(body, media_type=ctype)
+        async def metrics_endpoint(request: Request) -> Response:
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
 
-        routes.append(Route(s.metrics.path, metrics_ep, methods=["GET"]))
+        routes.append(Route(settings.metrics.path, metrics_endpoint, methods=["GET"]))
     routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        ref.store = NotesStore(redis, s.redis.key_prefix, s.notes)
-        if not s.server.app:
+        store_ref.store = NotesStore(redis, settings.redis.key_prefix, settings.notes)
+        if not settings.server.app:
             try:
-                v = await ref.store.schema_version()
-                if v < SCHEMA_VERSION:
+                version = await store_ref.store.schema_version()
+                if version < SCHEMA_VERSION:
                     logger.warning(
-                        "notes schema version %d is behind %d: run `mcpops-server migrate`", v, SCHEMA_VERSION
+                        "notes schema version %d is behind %d: run `mcpops-server migrate`",
+                        version,
+                        SCHEMA_VERSION,
                     )
             except Exception as exc:
                 logger.warning("Redis is not reachable at start-up: %s", exc.__class__.__name__)
-        if rt.verifier is not None:
-            await rt.verifier.start()
+        if verifier is not None:
+            await verifier.start()
         try:
             async with manager.run():
                 yield
         finally:
-            if rt.verifier is not None:
-                await rt.verifier.aclose()
+            if verifier is not None:
+                await verifier.aclose()
             await redis.aclose()
             if limiter_redis is not None:
                 await limiter_redis.aclose()
 
-    inner = Starlette(routes=routes, lifespan=lifespan)
+    other = Starlette(routes=routes, lifespan=lifespan)
     served = [MCP_PATH, "/health", WELL_KNOWN]  # a metric label each
     quiet = ["/health"]  # no access line for a 200
-    if s.metrics.enabled:
-        served.append(s.metrics.path)
-        quiet.append(s.metrics.path)
-    gateway = Gateway(chain, inner, client_address, TransportSecurity(s), HttpObserver(served, quiet))
-    rt.gateway = gateway
-    return gateway, rt
+    if settings.metrics.enabled:
+        served.append(settings.metrics.path)
+        quiet.append(settings.metrics.path)
+    gateway = Gateway(chain, other, client_address, TransportSecurity(settings), HttpObserver(served, quiet))
+    return gateway, Runtime(gateway, manager, inflight)
 
 
-def with_settings_override(settings: Settings, **server_fields: Any) -> Settings:
-    return replace(settings, server=replace(settings.server, **server_fields))
-
-
-__all__ = ["Runtime", "__version__", "build_app", "load_user_app"]
+__all__ = ["AppLoadError", "Gateway", "Runtime", "build_app", "load_user_app"]

@@ -77,8 +77,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         settings = _load(args, deep=False)
     except ConfigError as exc:
         return _fail(exc)
-    from .app import redis_client
     from .notes import NotesStore
+    from .redisclient import redis_client
 
     async def run() -> tuple[int, bool]:
         redis = redis_client(settings)
