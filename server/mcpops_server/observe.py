@@ -146,14 +146,14 @@ class ToolObserver:
     def _learn(self, result: Any) -> None:
         """Remember the names in a tools/list answer (a result model or its wire dict)."""
         tools = result.get("tools") if isinstance(result, dict) else getattr(result, "tools", None)
-        for t in tools or ():
-            name = t.get("name") if isinstance(t, dict) else getattr(t, "name", None)
+        for tool in tools or ():
+            name = tool.get("name") if isinstance(tool, dict) else getattr(tool, "name", None)
             if isinstance(name, str) and len(self.listed) < _LISTED_MAX and TOOL_NAME_REGEX.fullmatch(name):
                 self.listed.add(name)
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
-        req = ctx.request
-        scope_state = getattr(req, "scope", {}).get("state", {}) if req is not None else {}
+        request = ctx.request
+        scope_state = getattr(request, "scope", {}).get("state", {}) if request is not None else {}
         tokens = [
             (request_id_var, request_id_var.set(scope_state.get("request_id"))),
             (user_id_var, user_id_var.set(scope_state.get("user_id"))),
@@ -161,9 +161,9 @@ class ToolObserver:
         ]
         try:
             if self.on_use is not None and ctx.method not in _HANDSHAKE:
-                sid = scope_state.get("session_id")
-                if sid:
-                    self.on_use(sid)
+                session_id = scope_state.get("session_id")
+                if session_id:
+                    self.on_use(session_id)
             if ctx.method == "tools/list" and self.lowlevel is self.server:
                 out = await call_next(ctx)
                 self._learn(out)
@@ -176,7 +176,7 @@ class ToolObserver:
             tokens.append((tool_name_var, tool_name_var.set(label)))
             if isinstance(scope_state, dict):
                 scope_state["tool_name"] = label
-            t0 = time.perf_counter()
+            started = time.perf_counter()
             result = "error"
             try:
                 if not valid:
@@ -192,9 +192,9 @@ class ToolObserver:
                 result = "error" if is_error else "success"
                 return out
             finally:
-                dt = time.perf_counter() - t0
+                duration = time.perf_counter() - started
                 metrics.tool_calls(metrics.ENDPOINT, label, result).inc()
-                metrics.tool_duration(metrics.ENDPOINT, label).observe(dt)
+                metrics.tool_duration(metrics.ENDPOINT, label).observe(duration)
                 if isinstance(scope_state, dict):
                     scope_state["tool_result"] = result
                 # The request's access line carries tool_name and the result; a line of its own only
@@ -204,8 +204,8 @@ class ToolObserver:
                     "tool call %s: %s",
                     label,
                     result,
-                    extra={"duration_ms": round(dt * 1000, 2), "result": result, "event": "tool_call"},
+                    extra={"duration_ms": round(duration * 1000, 2), "result": result, "event": "tool_call"},
                 )
         finally:
-            for var, tok in reversed(tokens):
-                var.reset(tok)
+            for var, token in reversed(tokens):
+                var.reset(token)
