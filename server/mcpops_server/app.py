@@ -64,7 +64,7 @@ _DRAINING_HEADERS = ((b"retry-after", b"1"), (b"connection", b"close"))
 
 
 class AppLoadError(Exception):
-    pass
+    """``server.app`` cannot be imported, or does not name an MCP server."""
 
 
 def load_user_app(spec: str) -> MCPServer | Server[Any]:

@@ -12,7 +12,7 @@ Limits, so that no client can starve the others of sessions:
   address) holds; its next ``initialize`` gets 429 with a JSON-RPC error, others are unaffected.
 - ``server.session_unused_timeout``: a session that has seen nothing but ``initialize`` (and
   ``notifications/initialized``) ends this long after its last request, instead of after
-  ``server.session_idle_timeout``. The MCP middleware marks a session used (``mark_used``).
+  ``server.session_idle_timeout``. ``ToolObserver`` marks a session used (``mark_used``).
 
 The SDK offers no hook for any of this but ``max_sessions``: ``sdk.InstanceSessionManager`` overrides
 its internals and calls what is here.
