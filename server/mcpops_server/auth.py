@@ -30,6 +30,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 
 from . import metrics
+from .asgi import JSON, header, send_response
 from .config import AuthSettings
 from .jwks import KTY_ALGS, FetchError, KeyStore
 from .logging import user_id_var
@@ -231,41 +232,38 @@ class AuthGate:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         token = None
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                raw = v.decode("latin-1")
-                if raw[:7].lower() == "bearer ":
-                    token = raw[7:].strip()
-                break
+        authorization = header(scope, b"authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
         endpoint = metrics.ENDPOINT
         if not token:
             metrics.auth_attempts(endpoint, "missing").inc()
             await self._deny(send, 401, None, "Authentication required")
             return
         try:
-            v = await self.verifier.verify(token)
-        except AuthFailure as f:
-            metrics.auth_attempts(endpoint, f.reason).inc()
-            metrics.auth_duration.observe(time.perf_counter() - t0)
-            scope.setdefault("state", {})["auth_failure"] = f.reason
-            await self._deny(send, 401, "invalid_token", f.description)
+            verified = await self.verifier.verify(token)
+        except AuthFailure as failure:
+            metrics.auth_attempts(endpoint, failure.reason).inc()
+            metrics.auth_duration.observe(time.perf_counter() - started)
+            scope.setdefault("state", {})["auth_failure"] = failure.reason
+            await self._deny(send, 401, "invalid_token", failure.description)
             return
-        metrics.auth_duration.observe(time.perf_counter() - t0)
-        if not self.required <= v.scopes:
+        metrics.auth_duration.observe(time.perf_counter() - started)
+        if not self.required <= verified.scopes:
             metrics.auth_attempts(endpoint, "insufficient_scope").inc()
-            user_id_var.set(v.access_token.subject)
-            scope.setdefault("state", {})["user_id"] = v.access_token.subject
+            user_id_var.set(verified.access_token.subject)
+            scope.setdefault("state", {})["user_id"] = verified.access_token.subject
             await self._deny(send, 403, "insufficient_scope", "The access token lacks a required scope")
             return
         metrics.auth_attempts(endpoint, "success").inc()
-        user = AuthenticatedUser(v.access_token)
+        user = AuthenticatedUser(verified.access_token)
         scope["user"] = user
-        scope["auth"] = AuthCredentials(list(v.scopes))
+        scope["auth"] = AuthCredentials(list(verified.scopes))
         state = scope.setdefault("state", {})
-        state["principal"] = v.principal
-        state["user_id"] = v.access_token.subject or v.access_token.client_id
+        state["principal"] = verified.principal
+        state["user_id"] = verified.access_token.subject or verified.access_token.client_id
         user_id_var.set(state["user_id"])
         reset = auth_context_var.set(user)
         try:
@@ -283,19 +281,13 @@ class AuthGate:
         parts.append(f'resource_metadata="{self.metadata_url}"')
         challenge = "Bearer " + ", ".join(parts)
         body = json.dumps({"error": error or "invalid_request", "error_description": description}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge.encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        await send_response(
+            send,
+            status,
+            body,
+            JSON,
+            [(b"www-authenticate", challenge.encode()), (b"cache-control", b"no-store")],
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def protected_resource_metadata(settings: AuthSettings, resource_name: str) -> dict[str, Any]:

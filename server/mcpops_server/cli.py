@@ -77,8 +77,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         settings = _load(args, deep=False)
     except ConfigError as exc:
         return _fail(exc)
-    from .app import redis_client
     from .notes import NotesStore
+    from .redisclient import redis_client
 
     async def run() -> tuple[int, bool]:
         redis = redis_client(settings)
@@ -120,16 +120,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from .app import AppLoadError, build_app
+    from .connections import header_deadline_protocol
+    from .sdk import end_sse_streams, keep_sse_streams_at_shutdown
+
     # The SDK streams responses with sse-starlette, which by default ends every SSE stream the moment
     # uvicorn sees SIGTERM, cutting tool calls off mid-flight. We drain instead: close the idle
     # notification streams at once, let calls in flight finish, and end what is left shortly before
     # uvicorn's graceful timeout would cancel it.
-    from sse_starlette.sse import AppStatus
-
-    from .app import AppLoadError, build_app
-    from .connections import header_deadline_protocol
-
-    AppStatus.disable_automatic_graceful_drain()
+    keep_sse_streams_at_shutdown()
 
     try:
         app, runtime = build_app(settings)
@@ -160,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # error on their own stream, then every SSE stream still open ends cleanly.
                 await asyncio.sleep(max(grace - 1.5, grace * 0.5))
                 await runtime.end_calls()
-                AppStatus.should_exit = True
+                end_sse_streams()
 
             ender = asyncio.get_running_loop().create_task(end_what_is_left())
             try:

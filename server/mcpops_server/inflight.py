@@ -15,6 +15,8 @@ import json
 import logging
 from typing import Any
 
+from .asgi import JSON, send_response
+
 logger = logging.getLogger("mcpops.server")
 
 SHUTDOWN_ERROR = -32000  # JSON-RPC "server error" range: implementation-defined
@@ -72,18 +74,7 @@ class _Call:
                 elif not self.started:
                     payload = errors[0] if len(errors) == 1 else errors
                     body = json.dumps(payload).encode() if errors else b""
-                    await self.send(
-                        {
-                            "type": "http.response.start",
-                            "status": 503,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", b"1"),
-                            ],
-                        }
-                    )
-                    await self.send({"type": "http.response.body", "body": body})
+                    await send_response(self.send, 503, body, JSON, [(b"retry-after", b"1")])
                 else:  # a plain JSON response already started: all that can be done is to end it
                     await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             except OSError:

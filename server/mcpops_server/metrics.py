@@ -70,8 +70,9 @@ health_status = Gauge("mcp_health_check_ok", "Last result of each health check (
 ENDPOINT = "/mcp"
 
 
-class Children:
-    """Memoised ``metric.labels(...)``: label resolution costs more than the increment itself."""
+class MemoisedLabels:
+    """``metric.labels(...)``, each labelled child kept once made: resolving the labels costs more than
+    the increment itself."""
 
     def __init__(self, metric: Any):
         self.metric = metric
@@ -85,12 +86,12 @@ class Children:
 
 
 # label order as declared above
-http_requests = Children(http_requests_total)  # (path, method, status)
-http_duration = Children(http_request_duration_seconds)  # (path, method)
-tool_calls = Children(tool_calls_total)  # (endpoint, tool_name, result)
-tool_duration = Children(tool_duration_seconds)  # (endpoint, tool_name)
-auth_attempts = Children(auth_attempts_total)  # (endpoint, result)
-sessions_rejected = Children(sessions_rejected_total)  # (reason,)
+http_requests = MemoisedLabels(http_requests_total)  # (path, method, status)
+http_duration = MemoisedLabels(http_request_duration_seconds)  # (path, method)
+tool_calls = MemoisedLabels(tool_calls_total)  # (endpoint, tool_name, result)
+tool_duration = MemoisedLabels(tool_duration_seconds)  # (endpoint, tool_name)
+auth_attempts = MemoisedLabels(auth_attempts_total)  # (endpoint, result)
+sessions_rejected = MemoisedLabels(sessions_rejected_total)  # (reason,)
 auth_duration = auth_duration_seconds.labels(ENDPOINT)
 mcp_connections = active_connections.labels(ENDPOINT)
 

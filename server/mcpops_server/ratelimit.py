@@ -17,21 +17,29 @@ most every 10 s). After ``ratelimit.breaker_failures`` failures in a row a circu
 for ``ratelimit.breaker_cooldown`` seconds requests follow ``on_redis_error`` without asking Redis
 (``mcp_ratelimit_short_circuited_total``, ``mcp_ratelimit_breaker_open``); then one request probes
 Redis, and its success closes the breaker.
+
+``RateLimitGate`` puts the limiter in front of the SDK on /mcp, behind the auth gate: the principal
+is the token's, else ``ip:<client address>``; a refusal is a JSON-RPC error with ``Retry-After``
+and ``RateLimit-Limit``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from . import metrics
+from .asgi import JSON, send_response
+from .clientaddr import ClientAddress
 from .config import RateLimitSettings
 
 logger = logging.getLogger("mcpops.ratelimit")
@@ -197,3 +205,45 @@ class RateLimiter:
             wait = max(1, math.ceil(self.breaker.retry_after() or self.breaker.cooldown))
             return Decision(False, retry_after=wait, limit=self.limit, status=503)
         return Decision(True, limit=self.limit)
+
+
+class RateLimitGate:
+    """ASGI wrapper of the /mcp chain: one ``hit`` per request, a JSON-RPC error with 429 or 503 when refused.
+
+    The principal is the token's (set by the auth gate), else the client address.
+    """
+
+    def __init__(self, app: Any, limiter: RateLimiter, client_address: ClientAddress):
+        self.app = app
+        self.limiter = limiter
+        self.client_address = client_address
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        state = scope.setdefault("state", {})
+        principal = state.get("principal")
+        if not principal:
+            client_ip = state["client_ip"] if "client_ip" in state else self.client_address(scope)
+            principal = "ip:" + client_ip
+        decision = await self.limiter.hit(principal)
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        if decision.status == 429:
+            metrics.ratelimit_rejected_total.inc()
+            message = f"Rate limit exceeded; retry after {decision.retry_after} s"
+        else:
+            message = f"Rate limit cannot be checked; retry after {decision.retry_after} s"
+        state["rate_limited"] = True
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
+        ).encode()
+        await send_response(
+            send,
+            decision.status,
+            body,
+            JSON,
+            [
+                (b"retry-after", str(decision.retry_after).encode()),
+                (b"ratelimit-limit", str(decision.limit).encode()),
+            ],
+        )

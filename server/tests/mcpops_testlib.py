@@ -50,6 +50,20 @@ INIT_REQUEST = {
 ACCEPT_BOTH = "application/json, text/event-stream"
 
 
+def post_body(url: str, body: bytes, token: str, **headers: str) -> httpx2.Response:
+    """POST raw bytes to /mcp as a client would send JSON-RPC, with a bearer token."""
+    return httpx2.post(
+        url,
+        content=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": ACCEPT_BOTH,
+            "Content-Type": "application/json",
+            **headers,
+        },
+    )
+
+
 def jsonrpc_answer(resp: httpx2.Response) -> dict[str, Any]:
     """The JSON-RPC response in a POST's answer, whether a JSON body or an SSE stream."""
     if resp.headers.get("content-type", "").startswith("application/json"):

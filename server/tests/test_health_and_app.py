@@ -1,4 +1,5 @@
-"""/health while Redis goes away and comes back; a user's own MCPServer through `app:`; migrations."""
+"""/health while Redis goes away and comes back; a user's own MCPServer through `app:`; request ids;
+migrations."""
 
 from __future__ import annotations
 
@@ -155,3 +156,10 @@ def test_notes_survive_a_restart(fleet):
             return (await c.call_tool("notes_get", {"note_id": note_id})).structured_content
 
     assert anyio.run(get)["title"] == title
+
+
+def test_request_id_is_echoed(fleet):
+    r = httpx2.get(fleet.main.base + "/health", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = httpx2.get(fleet.main.base + "/health")
+    assert len(r.headers["x-request-id"]) == 32
