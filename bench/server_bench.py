@@ -9,6 +9,13 @@ The load is a fixed number of sessions, each sending tools/call back to back ove
 connections, bounded by a request count and a time limit. Rounds alternate a/b to spread noise.
 Prints requests/s, p50/p99, the throughput ratio b/a, and idle/loaded RSS; writes
 bench/results/server.json.
+
+    .venv/bin/python bench/server_bench.py --profile bench/results/server_profile_after.txt
+
+runs both servers under cProfile (bench/profiled.py, switched on only while a round is measured)
+and writes, instead of server.json, their top functions by own and by cumulative time, in
+microseconds per tools/call, with mcpops-server's own functions listed apart. The profiler slows
+the servers down about twofold, so the figures there are for finding costs, not for the ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import asyncio
 import json
 import os
 import platform
+import pstats
+import signal
 import socket
 import statistics
 import subprocess
@@ -161,6 +170,66 @@ async def drive(url: str, tokens: list[str | None], total: int, seconds: float) 
     }
 
 
+PROFILE_TOP = 25
+OWN_CODE = "mcpops_server/"
+
+
+def _where(func: tuple[str, int, str]) -> str:
+    """A profiled function as `path:line(name)`, the path from its package down."""
+    filename, line, name = func
+    if filename == "~":
+        return name  # a builtin: "<method 'encode' of 'str' objects>"
+    for marker in ("site-packages/", "/server/", "/lib/python3"):
+        if marker in filename:
+            filename = filename.split(marker, 1)[1]
+            if marker == "/lib/python3":
+                filename = "stdlib/" + filename.split("/", 1)[1]
+            break
+    return f"{filename}:{line}({name})"
+
+
+def profile_tables(stats_file: Path, calls: int, own_only: bool = False) -> list[str]:
+    """The top functions of a profile by own and by cumulative time, in µs per tools/call."""
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    rows = [
+        (func, nc, tt, ct)
+        for func, (_cc, nc, tt, ct, _callers) in stats.items()
+        if not own_only or OWN_CODE in func[0]
+    ]
+    lines = []
+    for title, index in (("own time", 2), ("cumulative time", 3)):
+        lines.append(f"  by {title}{', mcpops_server only' if own_only else ''}:")
+        lines.append(f"  {'own us':>9}{'cum us':>9}{'calls':>8}  function (per tools/call)")
+        for func, nc, tt, ct in sorted(rows, key=lambda r: r[index], reverse=True)[:PROFILE_TOP]:
+            lines.append(
+                f"  {tt * 1e6 / calls:>9.1f}{ct * 1e6 / calls:>9.1f}{nc / calls:>8.2f}  {_where(func)}"
+            )
+        lines.append("")
+    everything = sum(v[2] for v in stats.values()) * 1e6 / calls
+    own = sum(tt for _f, _n, tt, _c in rows) * 1e6 / calls
+    lines.append(
+        f"  profiled time: {everything:.1f} us per call"
+        + (f", {own:.1f} of it in mcpops_server" if own_only else "")
+    )
+    lines.append("")
+    return lines
+
+
+def signal_profiler(pid: int, sig: int, stats_file: Path | None = None) -> None:
+    """Switch a profiled server's profiler on (SIGUSR1) or off and wait for its stats (SIGUSR2)."""
+    if stats_file is not None:
+        stats_file.unlink(missing_ok=True)
+    os.kill(pid, sig)
+    if stats_file is None:
+        time.sleep(0.2)  # the handler runs at the loop's next wake-up; the load starts after it
+        return
+    deadline = time.monotonic() + 30
+    while not stats_file.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no profile from pid {pid} in {stats_file}")
+        time.sleep(0.05)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=4000, help="tools/call per measured run (bound)")
@@ -171,7 +240,13 @@ def main() -> int:
     )
     ap.add_argument("--out", default=str(HERE / "results" / "server.json"))
     ap.add_argument("--b-env", action="append", default=[], help="extra KEY=VALUE for (b), for experiments")
+    ap.add_argument(
+        "--profile",
+        metavar="REPORT",
+        help="run both servers under cProfile and write their top functions to REPORT (not server.json)",
+    )
     args = ap.parse_args()
+    profiled = (lambda stats: [PY, str(HERE / "profiled.py"), str(stats)]) if args.profile else None
 
     work = Path(tempfile.mkdtemp(prefix="mcpops-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -203,8 +278,9 @@ def main() -> int:
         # (a) bare SDK app
         pa = free_port()
         env_a = {**os.environ, "PYTHONPATH": str(HERE)}
+        stats = {"a": work / "a.prof", "b": work / "b.prof"}
         a = subprocess.Popen(
-            [PY, str(HERE / "bench_app.py"), str(pa)],
+            [*(profiled(stats["a"]) if profiled else [PY]), str(HERE / "bench_app.py"), str(pa)],
             env=env_a,
             stdout=subprocess.DEVNULL,
             stderr=(work / "a.log").open("wb"),
@@ -234,7 +310,7 @@ def main() -> int:
         env_b.update(kv.split("=", 1) for kv in args.b_env)
         (work / "config.yaml").write_text("{}\n")
         b = subprocess.Popen(
-            [PY, "-m", "mcpops_server.cli", "serve"],
+            [*(profiled(stats["b"]) if profiled else [PY]), "-m", "mcpops_server.cli", "serve"],
             env=env_b,
             stdout=subprocess.DEVNULL,
             stderr=(work / "b.log").open("wb"),
@@ -274,9 +350,13 @@ def main() -> int:
         redis_pid = procs[0].pid
         for rnd in range(args.rounds):
             for side, url, toks in (("a", url_a, tokens_a), ("b", url_b, tokens_b)):
+                if profiled:
+                    signal_profiler(pids[side], signal.SIGUSR1)
                 c0, r0 = cpu_seconds(pids[side]), cpu_seconds(redis_pid)
                 res = asyncio.run(drive(url, toks, args.requests, args.seconds))
                 c1, r1 = cpu_seconds(pids[side]), cpu_seconds(redis_pid)
+                if profiled:
+                    signal_profiler(pids[side], signal.SIGUSR2, stats[side])
                 total = res["requests"] + 20 * args.concurrency  # warm-up calls were served too
                 res["server_cpu_ms_per_call"] = round((c1 - c0) * 1000 / total, 3) if total else None
                 res["redis_cpu_ms_per_call"] = round((r1 - r0) * 1000 / total, 3) if total else None
@@ -287,6 +367,8 @@ def main() -> int:
                     f"p99 {res['p99_ms']} ms errors {res['errors']} "
                     f"server CPU {res['server_cpu_ms_per_call']} ms/call"
                 )
+        if args.profile:
+            return write_profile(Path(args.profile), runs, stats, args)
         loaded = {"a": rss_kib(a.pid), "b": rss_kib(b.pid)}
         best = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
         ratio = round(best["b"]["rps"] / best["a"]["rps"], 3) if best["a"]["rps"] else None
@@ -372,6 +454,43 @@ def main() -> int:
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def write_profile(
+    report: Path, runs: dict[str, list[dict[str, Any]]], stats: dict[str, Path], args: argparse.Namespace
+) -> int:
+    """The profile report: per side, the calls served while profiling and the top functions."""
+    lines = [
+        f"cProfile of the tools/call load (concurrency {args.concurrency}, {args.rounds} round(s), "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}); python bench/server_bench.py --profile",
+        "Times are microseconds per tools/call served while profiled (warm-up calls included); the",
+        "profiler's own overhead inflates them, so compare entries, not totals with server.json.",
+        "",
+    ]
+    for side, label in (("a", "(a) bare SDK"), ("b", "(b) mcpops-server, everything on")):
+        calls = sum(r["requests"] + 20 * args.concurrency for r in runs[side])
+        cpu = round(statistics.median(r["server_cpu_ms_per_call"] for r in runs[side]), 3)
+        lines.append(f"== {label}: {calls} calls, server CPU {cpu} ms/call under the profiler")
+        gc_file = Path(str(stats[side]) + ".gc.json")
+        if gc_file.exists():
+            collected = json.loads(gc_file.read_text())
+            lines.append(
+                "  garbage collection (not in the tables): "
+                + ", ".join(
+                    f"generation {g}: {n} runs, {s * 1e6 / calls:.1f} us per call"
+                    for g, (n, s) in enumerate(
+                        zip(collected["collections"], collected["seconds"], strict=True)
+                    )
+                )
+            )
+            lines.append("")
+        lines.extend(profile_tables(stats[side], calls))
+        if side == "b":
+            lines.extend(profile_tables(stats[side], calls, own_only=True))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines))
+    print(f"wrote {report}")
+    return 0
 
 
 if __name__ == "__main__":
