@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import ssl
 import sys
@@ -142,6 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started and not self.should_exit:
+                # What start-up built (modules, the app, settings, keys) lives as long as the process.
+                # Frozen, the collector's full passes (every few hundred calls under load) no longer
+                # walk it: about a tenth of the CPU a call costs.
+                gc.collect()
+                gc.freeze()
                 systemd.notify("READY=1\nSTATUS=serving")
                 logger.info(
                     "serving",
