@@ -48,6 +48,10 @@ class Verified:
     scopes: frozenset[str]
     cache_until: float
     key: str  # fingerprint of the key that verified it: the token is good while the issuer publishes it
+    # What the request path hands on, made once per token rather than once per request:
+    user: AuthenticatedUser  # scope["user"], the SDK's auth context
+    credentials: AuthCredentials  # scope["auth"]
+    user_id: str  # the log's user_id: the subject, else the client id
 
 
 class AuthFailure(Exception):
@@ -186,7 +190,16 @@ class JWKSVerifier:
         )
         principal = f"sub:{sub}" if sub is not None else f"client:{client_id}"
         until = min(now + self.settings.token_cache_ttl, exp + self.settings.leeway)
-        return Verified(access, principal, frozenset(scopes), until, fingerprint)
+        return Verified(
+            access,
+            principal,
+            frozenset(scopes),
+            until,
+            fingerprint,
+            user=AuthenticatedUser(access),
+            credentials=AuthCredentials(sorted(scopes)),
+            user_id=access.subject or access.client_id,
+        )
 
 
 def _alg_fits(alg: str, jwk: PyJWK) -> bool:
@@ -227,6 +240,7 @@ class AuthGate:
         self.metadata_url = metadata_url
         self.required = frozenset(required_scopes)
         self.required_str = " ".join(required_scopes)
+        self.succeeded = metrics.auth_attempts(metrics.ENDPOINT, "success")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
@@ -257,15 +271,14 @@ class AuthGate:
             scope.setdefault("state", {})["user_id"] = verified.access_token.subject
             await self._deny(send, 403, "insufficient_scope", "The access token lacks a required scope")
             return
-        metrics.auth_attempts(endpoint, "success").inc()
-        user = AuthenticatedUser(verified.access_token)
-        scope["user"] = user
-        scope["auth"] = AuthCredentials(list(verified.scopes))
+        self.succeeded.inc()
+        scope["user"] = verified.user
+        scope["auth"] = verified.credentials
         state = scope.setdefault("state", {})
         state["principal"] = verified.principal
-        state["user_id"] = verified.access_token.subject or verified.access_token.client_id
-        user_id_var.set(state["user_id"])
-        reset = auth_context_var.set(user)
+        state["user_id"] = verified.user_id
+        user_id_var.set(verified.user_id)
+        reset = auth_context_var.set(verified.user)
         try:
             await self.app(scope, receive, send)
         finally:
