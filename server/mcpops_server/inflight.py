@@ -34,52 +34,71 @@ def _request_ids(body: bytes) -> list[Any]:
 
 
 class _Call:
+    """One POST on its way: its request body, and whether its response has started, streams, ended.
+
+    ``end()`` must not write into a message ``forward()`` is still sending. Rather than a lock taken
+    for every message of every call, ``forward()`` counts its sends in progress, and ``end()``, which
+    runs once at shutdown, waits for that count to reach zero (``idle``, made only then).
+    """
+
+    __slots__ = ("body", "done", "idle", "send", "sending", "sse", "started")
+
     def __init__(self, send: Any):
         self.send = send
         self.body = b""
         self.started = False
         self.sse = False
         self.done = False
-        self.lock = asyncio.Lock()
+        self.sending = 0
+        self.idle: asyncio.Event | None = None
 
     async def forward(self, message: Any) -> None:
-        async with self.lock:
-            if self.done:
-                return  # ended by end(): what the app still sends goes nowhere
-            if message["type"] == "http.response.start":
-                self.started = True
-                self.sse = any(
-                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                    for k, v in message.get("headers", ())
-                )
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                self.done = True
+        if self.done:
+            return  # ended by end(): what the app still sends goes nowhere
+        if message["type"] == "http.response.start":
+            self.started = True
+            for k, v in message.get("headers", ()):
+                if k.lower() == b"content-type":
+                    self.sse = v.startswith(b"text/event-stream")
+                    break
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.done = True
+        self.sending += 1
+        try:
             await self.send(message)
+        finally:
+            self.sending -= 1
+            if self.idle is not None and self.sending == 0:
+                self.idle.set()
 
     async def end(self) -> bool:
         """Answer every request of the body with the shutdown error and close. True if it did."""
-        async with self.lock:
-            if self.done:
-                return False
-            self.done = True
-            errors = [
-                {"jsonrpc": "2.0", "id": i, "error": {"code": SHUTDOWN_ERROR, "message": SHUTDOWN_MESSAGE}}
-                for i in _request_ids(self.body)
-            ]
-            try:
-                if self.started and self.sse:
-                    events = [b"event: message\r\ndata: %s\r\n\r\n" % json.dumps(e).encode() for e in errors]
-                    data = b"".join(events)
-                    await self.send({"type": "http.response.body", "body": data, "more_body": False})
-                elif not self.started:
-                    payload = errors[0] if len(errors) == 1 else errors
-                    body = json.dumps(payload).encode() if errors else b""
-                    await send_response(self.send, 503, body, JSON, [(b"retry-after", b"1")])
-                else:  # a plain JSON response already started: all that can be done is to end it
-                    await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                return False  # the client is gone already
-            return True
+        while self.sending:
+            if self.idle is None or self.idle.is_set():
+                self.idle = asyncio.Event()
+            await self.idle.wait()
+        # Nothing else runs from here to the first await: a forward() after it sees done and drops.
+        if self.done:
+            return False
+        self.done = True
+        errors = [
+            {"jsonrpc": "2.0", "id": i, "error": {"code": SHUTDOWN_ERROR, "message": SHUTDOWN_MESSAGE}}
+            for i in _request_ids(self.body)
+        ]
+        try:
+            if self.started and self.sse:
+                events = [b"event: message\r\ndata: %s\r\n\r\n" % json.dumps(e).encode() for e in errors]
+                data = b"".join(events)
+                await self.send({"type": "http.response.body", "body": data, "more_body": False})
+            elif not self.started:
+                payload = errors[0] if len(errors) == 1 else errors
+                body = json.dumps(payload).encode() if errors else b""
+                await send_response(self.send, 503, body, JSON, [(b"retry-after", b"1")])
+            else:  # a plain JSON response already started: all that can be done is to end it
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return False  # the client is gone already
+        return True
 
 
 class InFlightCalls:
