@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,22 @@ def load_user_app(spec: str) -> MCPServer | Server[Any]:
 
 def _valid_request_id(value: str | None) -> bool:
     """A client's X-Request-ID is kept when it is 1 to 128 printable ASCII characters, no spaces."""
-    return value is not None and 0 < len(value) <= 128 and all(33 <= ord(c) <= 126 for c in value)
+    return (
+        value is not None
+        and 0 < len(value) <= 128
+        and value.isascii()
+        and value.isprintable()  # for ASCII: 0x20 to 0x7e
+        and " " not in value
+    )
+
+
+# Request ids name a request in the logs; they are not secrets (a client may choose its own), so
+# they come from a generator seeded once from the OS, without a system call per request.
+_request_ids = random.Random(os.urandom(32))  # noqa: S311
+
+
+def _new_request_id() -> str:
+    return f"{_request_ids.getrandbits(128):032x}"
 
 
 class Gateway:
@@ -109,6 +125,7 @@ class Gateway:
         self.transport = transport
         self.observer = observer
         self.draining = False
+        self.open_mcp = 0  # requests on /mcp in progress: mcp_active_connections reads it when scraped
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -119,7 +136,7 @@ class Gateway:
         method = scope["method"]
         request_id = header(scope, b"x-request-id")
         if not _valid_request_id(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = _new_request_id()
         client_ip = self.client_address(scope)
         session_id = header(scope, b"mcp-session-id")
         state = scope.setdefault("state", {})
@@ -143,9 +160,10 @@ class Gateway:
                 headers.append((b"x-request-id", request_id_bytes))
                 if cors_ok:
                     headers.extend(self.transport.cors_headers(origin))  # type: ignore[arg-type]
-                for name, value in headers:
-                    if name.lower() == b"mcp-session-id":
-                        state["session_id"] = value.decode("latin-1")
+                if session_id is None:  # a new session's id is in the response (else it is the request's)
+                    for name, value in headers:
+                        if name.lower() == b"mcp-session-id":
+                            state["session_id"] = value.decode("latin-1")
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent_bytes += len(message.get("body", b""))
@@ -153,7 +171,7 @@ class Gateway:
 
         is_mcp = path == MCP_PATH
         if is_mcp:
-            metrics.mcp_connections.inc()
+            self.open_mcp += 1
         try:
             answer = self.transport.screen(scope, method, origin, cors_ok, is_mcp)
             if answer is not None:
@@ -168,7 +186,7 @@ class Gateway:
                 await self.mcp(scope, receive, send_wrapped)
         finally:
             if is_mcp:
-                metrics.mcp_connections.dec()
+                self.open_mcp -= 1
             duration = time.perf_counter() - started
             self.observer.finished(scope, method, path, status or 500, duration, client_ip, sent_bytes, state)
             request_id_var.reset(request_id_token)
@@ -309,6 +327,7 @@ def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
         served.append(settings.metrics.path)
         quiet.append(settings.metrics.path)
     gateway = Gateway(chain, other, client_address, TransportSecurity(settings), HttpObserver(served, quiet))
+    metrics.mcp_connections.set_function(lambda: gateway.open_mcp)
     return gateway, Runtime(gateway, manager, inflight)
 
 

@@ -93,7 +93,7 @@ tool_duration = MemoisedLabels(tool_duration_seconds)  # (endpoint, tool_name)
 auth_attempts = MemoisedLabels(auth_attempts_total)  # (endpoint, result)
 sessions_rejected = MemoisedLabels(sessions_rejected_total)  # (reason,)
 auth_duration = auth_duration_seconds.labels(ENDPOINT)
-mcp_connections = active_connections.labels(ENDPOINT)
+mcp_connections = active_connections.labels(ENDPOINT)  # a function: the gateway's count of /mcp requests
 
 
 def render() -> tuple[bytes, str]:
