@@ -199,13 +199,19 @@ class ToolObserver:
                     scope_state["tool_result"] = result
                 # The request's access line carries tool_name and the result; a line of its own only
                 # for failures (or with LOG_LEVEL=DEBUG).
-                tool_logger.log(
-                    logging.INFO if result == "error" else logging.DEBUG,
-                    "tool call %s: %s",
-                    label,
-                    result,
-                    extra={"duration_ms": round(duration * 1000, 2), "result": result, "event": "tool_call"},
-                )
+                level = logging.INFO if result == "error" else logging.DEBUG
+                if tool_logger.isEnabledFor(level):
+                    tool_logger.log(
+                        level,
+                        "tool call %s: %s",
+                        label,
+                        result,
+                        extra={
+                            "duration_ms": round(duration * 1000, 2),
+                            "result": result,
+                            "event": "tool_call",
+                        },
+                    )
         finally:
             for var, token in reversed(tokens):
                 var.reset(token)
