@@ -113,15 +113,31 @@ def escape_text(value: str) -> str:
     return value.translate(_TEXT_ESCAPES)
 
 
+# One encoder for every line: json.dumps(..., default=str) would build a new one per call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 def _json_line(data: dict[str, Any]) -> str:
-    line = json.dumps(data, default=str, ensure_ascii=False)
-    if _JSON_UNSAFE_RE.search(line) is not None:
+    line = _ENCODER.encode(data)
+    # An ASCII line (isascii() is a flag lookup) can hold only DEL of the characters escaped here.
+    if (not line.isascii() or "\x7f" in line) and _JSON_UNSAFE_RE.search(line) is not None:
         line = _JSON_UNSAFE_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
     return line
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text up to the seconds
+
+
 def _timestamp(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with milliseconds; the date and time up to the second are formatted once a second."""
+    second = int(created)
+    micro = round((created - second) * 1e6)  # as datetime.fromtimestamp rounds
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    if _second[0] != second:
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = second
+    return f"{_second[1]}.{micro // 1000:03d}Z"
 
 
 def _fields(record: logging.LogRecord, static: dict[str, Any]) -> dict[str, Any]:
