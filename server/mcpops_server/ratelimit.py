@@ -127,6 +127,7 @@ class RateLimiter:
         self.prefix = key_prefix + "rl:"
         self._leases: dict[str, _Lease] = {}
         self._last_error_log = 0.0
+        self.allowed = Decision(True, limit=self.limit)  # the same for every request let through
         metrics.ratelimit_breaker_open.set(0)
 
     def _key(self, principal: str, window: int) -> str:
@@ -144,7 +145,7 @@ class RateLimiter:
         if lease is not None and lease.window == window:
             if lease.left > 0:
                 lease.left -= 1
-                return Decision(True, limit=self.limit)
+                return self.allowed
             if lease.denied:
                 return self._denied(window, now)
         if not self.breaker.admit():
@@ -174,7 +175,7 @@ class RateLimiter:
             self._leases[principal] = _Lease(window, 0, True)
             return self._denied(window, now)
         self._leases[principal] = _Lease(window, available - 1, available < self.chunk)
-        return Decision(True, limit=self.limit)
+        return self.allowed
 
     def _failed(self) -> None:
         if self.breaker.failure():
@@ -204,7 +205,7 @@ class RateLimiter:
         if self.deny_on_error:
             wait = max(1, math.ceil(self.breaker.retry_after() or self.breaker.cooldown))
             return Decision(False, retry_after=wait, limit=self.limit, status=503)
-        return Decision(True, limit=self.limit)
+        return self.allowed
 
 
 class RateLimitGate:

@@ -142,6 +142,9 @@ class InstanceSessionManager(StreamableHTTPSessionManager):
 
     async def handle_request(self, scope: Any, receive: Any, send: Any) -> None:
         state = scope.get("state") or {}
+        if state.get("session_id") is not None:  # the gateway read Mcp-Session-Id: no session is admitted
+            await super().handle_request(scope, receive, send)
+            return
         principal = state.get("principal") or (f"ip:{state['client_ip']}" if state.get("client_ip") else None)
         token = _principal_var.set(principal)
         try:
