@@ -125,19 +125,22 @@ def _json_line(data: dict[str, Any]) -> str:
     return line
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text up to the seconds
+# The last whole second formatted and its text: one tuple, so that threads logging at once agree.
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
     """ISO 8601 in UTC with milliseconds; the date and time up to the second are formatted once a second."""
+    global _last_second
     second = int(created)
     micro = round((created - second) * 1e6)  # as datetime.fromtimestamp rounds
     if micro >= 1_000_000:
         second, micro = second + 1, micro - 1_000_000
-    if _second[0] != second:
-        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = second
-    return f"{_second[1]}.{micro // 1000:03d}Z"
+    last, text = _last_second
+    if last != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (second, text)
+    return f"{text}.{micro // 1000:03d}Z"
 
 
 def _fields(record: logging.LogRecord, static: dict[str, Any]) -> dict[str, Any]:
