@@ -43,10 +43,17 @@ PY = sys.executable
 ACCEPT = "application/json, text/event-stream"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: held open together, so the kernel cannot hand out one twice (a
+    port taken and let go before the previous server bound its own could come back)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -251,7 +258,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mcpops-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        rport = free_port()
+        rport, pa, pb = free_ports(3)
         procs.append(
             subprocess.Popen(
                 [
@@ -276,7 +283,6 @@ def main() -> int:
         )
 
         # (a) bare SDK app
-        pa = free_port()
         env_a = {**os.environ, "PYTHONPATH": str(HERE)}
         stats = {"a": work / "a.prof", "b": work / "b.prof"}
         a = subprocess.Popen(
@@ -288,7 +294,6 @@ def main() -> int:
         procs.append(a)
 
         # (b) mcpops-server, everything on
-        pb = free_port()
         url_b = f"http://127.0.0.1:{pb}/mcp"
         env_b = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
