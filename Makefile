@@ -54,7 +54,7 @@ test: lint unit collection molecule
 	@echo "make test: all gates passed"
 
 bench: setup
-	python bench/server_bench.py
+	python bench/server_bench.py --rounds 6
 
 bench-converge: setup
 	python bench/converge.py --reruns 3
