@@ -22,18 +22,20 @@ logger = logging.getLogger("mcpops.server")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcpops-server", description="A production runtime for MCP servers.")
-    p.add_argument("--version", action="version", version=f"mcpops-server {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="mcpops-server", description="A production runtime for MCP servers."
+    )
+    parser.add_argument("--version", action="version", version=f"mcpops-server {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
     cfg_help = "YAML configuration (default: $MCPOPS_CONFIG, then /etc/mcpops/config.yaml)"
-    s = sub.add_parser("serve", help="run one instance")
-    s.add_argument("--config", help=cfg_help)
-    s.add_argument("--port", type=int, help="override server.port")
-    c = sub.add_parser("check-config", help="validate the configuration and exit")
-    c.add_argument("--config", help=cfg_help)
-    m = sub.add_parser("migrate", help="apply pending data migrations (idempotent)")
-    m.add_argument("--config", help=cfg_help)
-    return p
+    serve = commands.add_parser("serve", help="run one instance")
+    serve.add_argument("--config", help=cfg_help)
+    serve.add_argument("--port", type=int, help="override server.port")
+    check = commands.add_parser("check-config", help="validate the configuration and exit")
+    check.add_argument("--config", help=cfg_help)
+    migrate = commands.add_parser("migrate", help="apply pending data migrations (idempotent)")
+    migrate.add_argument("--config", help=cfg_help)
+    return parser
 
 
 def _load(args: argparse.Namespace, *, deep: bool) -> Settings:

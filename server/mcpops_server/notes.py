@@ -116,7 +116,7 @@ class NotesStore:
 
     def __init__(self, redis: Redis, prefix: str, settings: NotesSettings | None = None):
         self.redis = redis
-        self.p = prefix
+        self.prefix = prefix
         self.settings = settings or NotesSettings()
         self.k_version = prefix + "schema_version"
         self.k_seq = prefix + "notes:seq"
@@ -127,30 +127,31 @@ class NotesStore:
         return owner_of(principal, self.settings.shared)
 
     def _k_index(self, owner: str) -> str:
-        return f"{self.p}notes:{owner}:index"
+        return f"{self.prefix}notes:{owner}:index"
 
     def _k(self, owner: str, note_id: int) -> str:
-        return f"{self.p}notes:{owner}:{note_id}"
+        return f"{self.prefix}notes:{owner}:{note_id}"
 
     # ------------------------------------------------------------------ bounds
     def _checked(self, title: str, body: str, tags: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         """Refuse an input over its bound (NotesError naming the setting); return the clean tags."""
-        s = self.settings
-        if len(title) > s.max_title_length:
+        bounds = self.settings
+        if len(title) > bounds.max_title_length:
             raise NotesError(
-                f"the title is {len(title)} characters long; notes.max_title_length is {s.max_title_length}"
+                f"the title is {len(title)} characters long; "
+                f"notes.max_title_length is {bounds.max_title_length}"
             )
         body_bytes = len(body.encode())
-        if body_bytes > s.max_bytes:
-            raise NotesError(f"the body is {body_bytes} bytes (UTF-8); notes.max_bytes is {s.max_bytes}")
-        if len(tags) > s.max_tags:
-            raise NotesError(f"{len(tags)} tags given; notes.max_tags is {s.max_tags}")
+        if body_bytes > bounds.max_bytes:
+            raise NotesError(f"the body is {body_bytes} bytes (UTF-8); notes.max_bytes is {bounds.max_bytes}")
+        if len(tags) > bounds.max_tags:
+            raise NotesError(f"{len(tags)} tags given; notes.max_tags is {bounds.max_tags}")
         clean: list[str] = []
         for i, raw in enumerate(tags, 1):
             tag = _norm_tag(raw)
-            if len(tag) > s.max_tag_length:
+            if len(tag) > bounds.max_tag_length:
                 raise NotesError(
-                    f"tag {i} is {len(tag)} characters long; notes.max_tag_length is {s.max_tag_length}"
+                    f"tag {i} is {len(tag)} characters long; notes.max_tag_length is {bounds.max_tag_length}"
                 )
             if tag:
                 clean.append(tag)
@@ -329,7 +330,7 @@ async def _m1_initial(store: NotesStore) -> None:
 
 async def _unowned_notes(store: NotesStore) -> AsyncIterator[tuple[str, int]]:
     """The note hashes of schemas 1 to 3 (``<prefix>notes:<id>``): (key, id)."""
-    head = store.p + "notes:"
+    head = store.prefix + "notes:"
     async for key in store.redis.scan_iter(match=head + "*", count=500):
         k = key.decode() if isinstance(key, bytes) else key
         tail = k[len(head) :]
@@ -345,7 +346,7 @@ async def _m2_index(store: NotesStore) -> None:
     r = store.redis
     async for k, note_id in _unowned_notes(store):
         created = await r.hget(k, "created_at")
-        await r.zadd(store.p + _OLD_INDEX, {str(note_id): float(created or 0)}, nx=True)
+        await r.zadd(store.prefix + _OLD_INDEX, {str(note_id): float(created or 0)}, nx=True)
         seq = int(await r.get(store.k_seq) or 0)
         if note_id > seq:
             await r.set(store.k_seq, note_id)
@@ -382,7 +383,7 @@ async def _m4_owners(store: NotesStore) -> None:
             pipe.rename(k, store._k(SHARED_OWNER, note_id))
             pipe.zadd(index, {str(note_id): note_id})
             await pipe.execute()
-    await r.delete(store.p + _OLD_INDEX)
+    await r.delete(store.prefix + _OLD_INDEX)
 
 
 _MIGRATIONS: list[tuple[int, Callable[[NotesStore], Awaitable[None]]]] = [
