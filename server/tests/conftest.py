@@ -10,7 +10,7 @@ import httpx2
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcpops_testlib import Issuer, RedisServer, ServerProc
+from mcpops_testlib import Issuer, RedisServer, ServerProc, running
 
 PUBLIC_HOST = "mcp.test"
 
@@ -105,17 +105,8 @@ def fleet(workdir, redis_srv, redis_health, issuer) -> Iterator[Fleet]:
         workdir / "health",
         {"REDIS_URL": redis_health.url, "AUTH_ENABLED": "false", "HEALTH_TIMEOUT": "1", "LOG_FORMAT": "text"},
     )
-    procs = [f.main, f.ra, f.rb, f.app, f.health]
-    try:
-        for p in procs:
-            p.start(wait=False)
-        for p in procs:
-            p.wait_ready()
+    with running(f.main, f.ra, f.rb, f.app, f.health):
         yield f
-    finally:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.stop()
 
 
 @contextlib.asynccontextmanager

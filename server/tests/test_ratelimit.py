@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
 import httpx2
 import pytest
 import redis
-from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, RedisServer, ServerProc, wait_for
+from mcpops_testlib import ACCEPT_BOTH, INIT_REQUEST, RedisServer, ServerProc, running, wait_for
 
 # Far below one second; a limiter waiting for the Redis socket timeout (2 s here) cannot meet it.
 FAST = 0.75
@@ -40,17 +39,10 @@ def limited(workdir) -> Iterator[Limited]:
         workdir / "rl-deny",
         {**common, "REDIS_KEY_PREFIX": "t-rld:", "RATE_LIMIT_ON_REDIS_ERROR": "deny"},
     )
-    procs = [lim.allow, lim.deny]
     try:
-        for p in procs:
-            p.start(wait=False)
-        for p in procs:
-            p.wait_ready()
-        yield lim
+        with running(lim.allow, lim.deny):
+            yield lim
     finally:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.stop()
         lim.redis.stop()
 
 
