@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.mcpops.deploy.plugins.plugin_utils.topology import redis_tls
 
 DOCUMENTATION = r"""
 name: redis_url
@@ -18,7 +19,8 @@ description:
     C(redis_bind_addresses) (default C(['127.0.0.1']); a leading C(-), which marks an optional address
     for Redis, is ignored).
   - With C(redis_port) 0 (TCP off) the URL is C(unix://<socket>?db=0).
-  - Otherwise it is C(<scheme>://<address>:<port>/0). When O(from_host) is the Redis host itself, the
+  - Otherwise it is C(<scheme>://<address>:<port>/0), C(rediss) when that Redis serves TLS only.
+    When O(from_host) is the Redis host itself, the
     address is the first bind address, with a wildcard (C(0.0.0.0), C(::), C(*), C(::*)) replaced by
     C(127.0.0.1). From another host it is the first bind address that is neither loopback
     (127.0.0.0/8, C(::1), C(localhost)) nor a wildcard, else the Redis host's C(ansible_host), else
@@ -39,9 +41,11 @@ options:
     type: str
     required: true
   scheme:
-    description: URL scheme of a TCP connection; C(rediss) is Redis over TLS. Not used for a unix socket.
+    description:
+      - URL scheme of a TCP connection; C(rediss) is Redis over TLS. Not used for a unix socket.
+      - By default C(rediss) when that Redis serves TLS only (filter C(mcpops.deploy.redis_tls)),
+        else C(redis).
     type: str
-    default: redis
     choices: [redis, rediss]
 """
 
@@ -50,7 +54,7 @@ EXAMPLES = r"""
 mcp_server_redis_url: "{{ groups['redis'][0] | mcpops.deploy.redis_url(hostvars, inventory_hostname) }}"
 # => "redis://10.0.0.7:6379/0" from an app host, "redis://127.0.0.1:6379/0" on the Redis host itself
 
-# Over TLS
+# Over TLS whatever the topology says
 redis_tls_url: >-
   {{ groups['redis'][0] | mcpops.deploy.redis_url(hostvars, inventory_hostname, scheme='rediss') }}
 """
@@ -96,8 +100,8 @@ def _url_host(address: str) -> str:
     return address
 
 
-def redis_url(redis_host, hostvars, from_host, scheme="redis"):
-    if scheme not in SCHEMES:
+def redis_url(redis_host, hostvars, from_host, scheme=None):
+    if scheme is not None and scheme not in SCHEMES:
         raise AnsibleFilterError(f"redis_url: scheme={scheme!r}: accepted are {', '.join(SCHEMES)}")
     if redis_host not in hostvars:
         raise AnsibleFilterError(f"redis_url: {redis_host!r} is not an inventory host")
@@ -111,6 +115,11 @@ def redis_url(redis_host, hostvars, from_host, scheme="redis"):
             f"redis_url: redis_port of {redis_host} = {hv.get('redis_port')!r}: accepted is a port number"
             " up to 65535, or 0 for the unix socket only"
         )
+    if scheme is None:
+        try:
+            scheme = "rediss" if redis_tls(redis_host, hostvars) else "redis"
+        except ValueError as exc:
+            raise AnsibleFilterError(f"redis_url: {exc}") from exc
     if port == 0:
         return f"unix://{hv.get('redis_unixsocket_path') or DEFAULT_SOCKET}?db=0"
     binds = _binds(hv.get("redis_bind_addresses", DEFAULT_BINDS))

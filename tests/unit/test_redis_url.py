@@ -87,3 +87,35 @@ def test_unknown_host_and_bad_port_are_clear_errors():
 
 def test_the_filter_is_registered_under_its_file_name():
     assert plugin.FilterModule().filters() == {"redis_url": redis_url}
+
+
+def topology(redis_vars: dict, app_hosts: list[str]) -> dict:
+    groups = {"redis": ["db1"], "mcp_servers": app_hosts}
+    return {
+        "db1": {**redis_vars, "groups": groups},
+        "app1": {"ansible_host": "10.0.0.20", "groups": groups},
+    }
+
+
+def test_rediss_when_an_app_host_is_another_host():
+    hv = topology({"redis_bind_addresses": ["127.0.0.1", "10.0.0.7"]}, ["app1"])
+    assert redis_url("db1", hv, "app1") == "rediss://10.0.0.7:6379/0"
+    # the Redis host's own clients also speak TLS: the plain port is off
+    assert redis_url("db1", hv, "db1") == "rediss://127.0.0.1:6379/0"
+
+
+def test_plain_on_one_host_and_when_tls_is_disabled():
+    assert redis_url("db1", topology({}, ["db1"]), "db1") == "redis://127.0.0.1:6379/0"
+    hv = topology({"redis_tls": "disabled", "ansible_host": "10.0.0.7"}, ["app1"])
+    assert redis_url("db1", hv, "app1") == "redis://10.0.0.7:6379/0"
+    assert (
+        redis_url("db1", topology({"redis_tls": "required"}, ["db1"]), "db1") == "rediss://127.0.0.1:6379/0"
+    )
+    # an explicit scheme wins over the topology
+    assert redis_url("db1", topology({}, ["app1"]), "db1", scheme="redis") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_bad_tls_mode_is_named():
+    expected = "redis_tls of db1 = 'yes': accepted are auto, required, disabled"
+    with pytest.raises(AnsibleFilterError, match=expected):
+        redis_url("db1", topology({"redis_tls": "yes"}, ["app1"]), "app1")
