@@ -934,6 +934,8 @@ def _check_redis_tls(load: _Load, redis: dict[str, Any]) -> None:
     """tls_* only with a rediss:// url; the client certificate and its key together and matching;
     the CA file holds certificates."""
     url = redis.get("url", RedisSettings.url)
+    if _scheme(url) == "redis" and not load.unconvertible("redis", "url") and not _loopback(url):
+        load.warn("redis", "url", url, _PLAIN_REDIS)
     given = [key for key in _REDIS_TLS_KEYS if redis.get(key)]
     if given and _scheme(url) != "rediss" and not load.unconvertible("redis", "url"):
         for key in given:
@@ -1172,10 +1174,15 @@ def redact_url(url: str) -> str:
 
 def _safe_transport(url: str) -> bool:
     """https, or plain http to this host only."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    host = (parts.hostname or "").lower()
+    return urlsplit(url).scheme == "https" or _loopback(url)
+
+
+def _loopback(url: str) -> bool:
+    """The url's host is this host: localhost or a loopback address."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -1195,6 +1202,10 @@ _BROAD_PROXIES = (
 _PLAIN_HTTP = (
     "plain http to a host other than this one: tokens and signing keys travel unprotected and can be "
     "read or replaced on the way; use https"
+)
+_PLAIN_REDIS = (
+    "plain TCP to a host other than this one: notes, rate-limit counts and the Redis password travel "
+    "unprotected; use rediss:// with redis.tls_ca_file"
 )
 _NO_AUDIENCE = (
     "the URL of this MCP endpoint that tokens carry as aud, e.g. https://mcp.example.com/mcp "
