@@ -9,6 +9,7 @@ another CA, no client certificate, a host name the certificate does not name.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import time
 import uuid
@@ -22,7 +23,7 @@ import pytest
 from conftest import mcp_session
 from mcpops_server.config import ConfigError, load_settings
 from mcpops_server.notes import SCHEMA_VERSION
-from mcpops_server.redisclient import redis_client
+from mcpops_server.redisclient import redis_client, tls_context
 from mcpops_testlib import (
     ACCEPT_BOTH,
     INIT_REQUEST,
@@ -358,10 +359,6 @@ def test_check_config_cli_lists_every_tls_problem_at_once(pki: Pki, tmp_path: Pa
 def test_the_tls_context_verifies_and_pins_the_ca(pki: Pki):
     """Whatever the URL says, the context checks the certificate and the name, TLS 1.2 or later, and
     trusts the given CA only (not the system's besides)."""
-    import ssl
-
-    from mcpops_server.redisclient import tls_context
-
     env = {"REDIS_URL": "rediss://127.0.0.1:1/0", "REDIS_TLS_CA_FILE": str(pki.ca.cert_file)}
     settings = load_settings(None, {"AUTH_ENABLED": "false", "MCPOPS_CONFIG": "", **env})
     context = tls_context(settings.redis)
