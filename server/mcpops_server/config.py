@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -455,6 +456,29 @@ class RedisSettings:
     key_prefix: str = setting(
         "mcpops:", "REDIS_KEY_PREFIX", _as_str, "starts every key and channel the server touches (for ACLs)"
     )
+    tls_ca_file: str | None = setting(
+        None,
+        "REDIS_TLS_CA_FILE",
+        _as_readable_file,
+        "CA certificates (PEM) that verify the Redis server of a `rediss://` url; else the system's",
+    )
+    tls_cert_file: str | None = setting(
+        None,
+        "REDIS_TLS_CERT_FILE",
+        _as_readable_file,
+        "client certificate (PEM) for Redis' tls-auth-clients; `rediss://` only, with redis.tls_key_file",
+    )
+    tls_key_file: str | None = setting(
+        None,
+        "REDIS_TLS_KEY_FILE",
+        _as_readable_file,
+        "its private key (PEM, unencrypted); `rediss://` only, with redis.tls_cert_file",
+    )
+
+    @property
+    def tls(self) -> bool:
+        """Redis is reached over TLS (a ``rediss://`` url): server verified, host name checked."""
+        return urlsplit(self.url).scheme == "rediss"
 
 
 @dataclass(frozen=True)
@@ -903,6 +927,37 @@ def _check_redis(load: _Load) -> None:
     prefix = redis.get("key_prefix")
     if prefix is not None and not _PREFIX_RE.match(prefix):
         load.bad("redis", "key_prefix", "1 to 64 characters from A-Z a-z 0-9 _ . : -")
+    _check_redis_tls(load, redis)
+
+
+def _check_redis_tls(load: _Load, redis: dict[str, Any]) -> None:
+    """tls_* only with a rediss:// url; the client certificate and its key together and matching;
+    the CA file holds certificates."""
+    url = redis.get("url", RedisSettings.url)
+    if _scheme(url) == "redis" and not load.unconvertible("redis", "url") and not _loopback(url):
+        load.warn("redis", "url", url, _PLAIN_REDIS)
+    given = [key for key in _REDIS_TLS_KEYS if redis.get(key)]
+    if given and _scheme(url) != "rediss" and not load.unconvertible("redis", "url"):
+        for key in given:
+            load.bad(
+                "redis",
+                key,
+                f"only with a rediss:// URL in {load.name_of('redis', 'url')} (it is {redact_url(url)})",
+            )
+        return
+    cert, key = redis.get("tls_cert_file"), redis.get("tls_key_file")
+    if bool(cert) != bool(key):
+        given_key, missing = ("tls_cert_file", "tls_key_file") if cert else ("tls_key_file", "tls_cert_file")
+        if not load.unconvertible("redis", missing):
+            load.bad("redis", missing, f"set together with {load.name_of('redis', given_key)}", "")
+    elif cert and key and not _key_pair_loads(cert, key):
+        cert_name = load.name_of("redis", "tls_cert_file")
+        load.bad(
+            "redis", "tls_key_file", f"an unencrypted PEM private key matching the certificate in {cert_name}"
+        )
+    ca_file = redis.get("tls_ca_file")
+    if ca_file and (why := _check_ca_file(ca_file)):
+        load.bad("redis", "tls_ca_file", why)
 
 
 def _check_logging(load: _Load) -> None:
@@ -1041,6 +1096,37 @@ def _check_jwks_file(path: str) -> str | None:
     return None
 
 
+_REDIS_TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return ""
+
+
+def _check_ca_file(path: str) -> str | None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError, ValueError):
+        return "a file of PEM CA certificates"
+    return None
+
+
+def _key_pair_loads(cert: str, key: str) -> bool:
+    """``cert`` is a PEM certificate (chain) and ``key`` its private key, not encrypted."""
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=_no_passphrase)
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+    return True
+
+
+def _no_passphrase() -> str:
+    raise ValueError("the key is encrypted: the server has no passphrase to give")
+
+
 def _check_redis_url(url: str) -> str | None:
     accepted = "redis://[user@]host:port/db, rediss://[user@]host:port/db or unix:///path?db=N"
     try:
@@ -1088,10 +1174,15 @@ def redact_url(url: str) -> str:
 
 def _safe_transport(url: str) -> bool:
     """https, or plain http to this host only."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    host = (parts.hostname or "").lower()
+    return urlsplit(url).scheme == "https" or _loopback(url)
+
+
+def _loopback(url: str) -> bool:
+    """The url's host is this host: localhost or a loopback address."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -1111,6 +1202,10 @@ _BROAD_PROXIES = (
 _PLAIN_HTTP = (
     "plain http to a host other than this one: tokens and signing keys travel unprotected and can be "
     "read or replaced on the way; use https"
+)
+_PLAIN_REDIS = (
+    "plain TCP to a host other than this one: notes, rate-limit counts and the Redis password travel "
+    "unprotected; use rediss:// with redis.tls_ca_file"
 )
 _NO_AUDIENCE = (
     "the URL of this MCP endpoint that tokens carry as aud, e.g. https://mcp.example.com/mcp "
@@ -1133,6 +1228,9 @@ def describe(settings: Settings) -> dict[str, Any]:
         "app": server.app or "reference",
         "auth": settings.auth.enabled,
         "redis": redact_url(settings.redis.url),
+        "redis_tls": ("mutual" if settings.redis.tls_cert_file else "verified")
+        if settings.redis.tls
+        else False,
         "ratelimit_per_minute": settings.ratelimit.requests_per_minute
         if settings.ratelimit.enabled
         else None,

@@ -3,8 +3,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
+
+# In-process tests import the server beside them, as the subprocesses do (mcpops_testlib.PYTHONPATH),
+# not the checkout the venv was installed from (another worktree's, in an editable install).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx2
 import pytest

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REDIS_BIN = "/usr/bin/redis-server"
 PYTHON = sys.executable
@@ -146,26 +152,122 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 # --------------------------------------------------------------------------------------- redis
 
 
+class ThrowawayCA:
+    """A throwaway certificate authority; certificates it issues are written as PEM files in ``workdir``."""
+
+    def __init__(self, workdir: Path, name: str):
+        self.workdir = workdir
+        self.name = name
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_file = workdir / f"{name}.crt"
+        self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, stem: str, *names: str) -> tuple[Path, Path]:
+        """A leaf certificate for ``names`` (DNS names or IP addresses), EKU serverAuth and clientAuth
+        (as the deployment's host certificates); returns (cert file, key file)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        alt_names: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                alt_names.append(x509.DNSName(name))
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else stem)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_file, key_file = self.workdir / f"{stem}.crt", self.workdir / f"{stem}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key_file.chmod(0o600)
+        return cert_file, key_file
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """What a TLS-only redis-server is started with: its certificate, the CA its clients' certificates
+    must come from (``tls-auth-clients yes``), and a client certificate the tests' own pings use."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+
 class RedisServer:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls: RedisTLS | None = None, bind: tuple[str, ...] = ("127.0.0.1",)):
         self.port = free_port()
         self.workdir = workdir
+        self.tls = tls
+        self.bind = bind
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            s: socket.socket = raw
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=str(self.tls.ca_file))
+                context.load_cert_chain(self.tls.client_cert_file, self.tls.client_key_file)
+                s = context.wrap_socket(raw, server_hostname="127.0.0.1")
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tls is None:
+            listen: tuple[str, ...] = ("--port", str(self.port))
+        else:
+            listen = (
+                *("--port", "0", "--tls-port", str(self.port)),
+                *("--tls-cert-file", str(self.tls.cert_file), "--tls-key-file", str(self.tls.key_file)),
+                *("--tls-ca-cert-file", str(self.tls.ca_file), "--tls-auth-clients", "yes"),
+            )
         self.proc = subprocess.Popen(
             [
-                *(REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *(REDIS_BIN, *listen, "--bind", *self.bind),
                 *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
             ],
             stdout=subprocess.DEVNULL,

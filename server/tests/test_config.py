@@ -307,6 +307,11 @@ WARNING_CASES = [
         {"RESOURCE_SERVER_URL": "http://mcp.example.com/mcp"},
         "warning: RESOURCE_SERVER_URL = http://mcp.example.com/mcp: ",
     ),
+    (
+        {"REDIS_URL": "redis://redis.example:6379/0"},
+        "warning: REDIS_URL = redis://redis.example:6379/0: plain",
+    ),
+    ({"REDIS_URL": "redis://10.0.0.5:6379/0"}, "warning: REDIS_URL = redis://10.0.0.5:6379/0: plain TCP"),
     ({"MCP_TRUSTED_PROXIES": "10.0.0.0/7"}, "warning: MCP_TRUSTED_PROXIES = 10.0.0.0/7: "),
     ({"MCP_TRUSTED_PROXIES": "127.0.0.1,2001:db8::/16"}, "warning: MCP_TRUSTED_PROXIES = 2001:db8::/16: "),
 ]
@@ -326,6 +331,13 @@ def test_safe_settings_draw_no_warning():
         "MCP_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8,fd00::/32",
     }
     assert load_settings(None, {**env, "MCPOPS_CONFIG": ""}).warnings == ()
+    for url in (
+        "redis://localhost:6379/0",
+        "redis://[::1]:6379/0",
+        "rediss://10.0.0.5:6379/0",
+        "unix:///r.sock",
+    ):
+        assert load_settings(None, {**env, "REDIS_URL": url, "MCPOPS_CONFIG": ""}).warnings == (), url
 
 
 def test_check_config_prints_warnings_and_refuses_trust_in_every_address(tmp_path):
