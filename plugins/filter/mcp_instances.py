@@ -23,6 +23,13 @@ description:
   - The route id is the host's name reduced to letters and digits (a long name is shortened and made
     distinct with a hash), a dash and the port. Every MCP session id an instance mints starts with its
     route id, which is how nginx sends follow-up requests to the same instance.
+  - Whether an instance serves TLS follows the deployment's shape. When the hosts of the groups
+    C(mcp_servers), C(mcp_lb) and C(monitoring) together are more than one host, clients of the
+    instances (nginx, Prometheus) come from other hosts, and every instance serves TLS with its host's
+    certificate from the pki role (verified against the deployment CA). On a one-host deployment
+    they stay plain on loopback. A host's own C(mcp_server_tls_enabled) (bool) wins.
+  - The groups are read from O(groups) when given, else from the hostvars of O(from_host) (or of the
+    first input host), which carry the C(groups) magic variable.
 positional: _input, hostvars, from_host
 options:
   _input:
@@ -41,11 +48,19 @@ options:
         C(mcp_server_listen_address) unless it is a wildcard or loopback, then C(ansible_host), then
         the inventory name.
     type: str
+  groups:
+    description:
+      - The C(groups) magic variable. Only needed when the hostvars passed in lack it (plain dicts in
+        tests); Ansible's C(hostvars) carry it.
+    type: dict
 """
 
 EXAMPLES = r"""
 # Every instance of the app group, addressed as seen from the load balancer running the play
 nginx_upstreams: "{{ groups['mcp_servers'] | mcpops.deploy.mcp_instances(hostvars, inventory_hostname) }}"
+
+# nginx: https with proxy_ssl_name when the instances serve TLS
+upstream_tls: "{{ nginx_upstreams | map(attribute='tls') | unique }}"   # [true], [false] or a mix
 
 # The ports this host runs
 my_ports: >-
@@ -71,12 +86,28 @@ _value:
     route:
       description: Route id, the prefix of the instance's MCP session ids.
       type: str
+    tls:
+      description:
+        - True when the instance serves TLS with its host's certificate (/etc/mcpops/pki/host.crt);
+          clients verify it against /etc/mcpops/pki/ca.crt and the name in RV(_value[].tls_name).
+        - The host's C(mcp_server_tls_enabled) when set, else true exactly when the hosts of the groups
+          C(mcp_servers), C(mcp_lb) and C(monitoring) together are more than one.
+      type: bool
+    tls_name:
+      description:
+        - The name every app host's certificate carries and clients verify (nginx's C(proxy_ssl_name)).
+        - The host's C(mcp_server_tls_name) when set, else C(mcpops-server.internal).
+      type: str
 """
 
 # The mcp_server role's default for mcp_server_ports; tests/unit checks that the two agree.
 DEFAULT_PORTS = [8000]
 ROUTE_RE = re.compile(r"[^A-Za-z0-9]+")
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, never bound to)
+# The groups whose hosts are clients or servers of the instances: more than one host among them
+# means some connection crosses hosts, so every instance serves TLS.
+TLS_GROUPS = ("mcp_servers", "mcp_lb", "monitoring")
+DEFAULT_TLS_NAME = "mcpops-server.internal"
 
 
 def route_id(host: str, port: int) -> str:
@@ -96,10 +127,40 @@ def host_ports(hv) -> list:
     return DEFAULT_PORTS
 
 
-def mcp_instances(hosts, hostvars, from_host=None):
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
+    return bool(value)
+
+
+def _groups(hosts, hostvars, from_host, groups):
+    """The groups magic variable: given, else from the hostvars of from_host or the first host."""
+    if groups is not None:
+        return groups
+    for name in (from_host, *hosts[:1]):
+        if name is not None and name in hostvars:
+            hv = hostvars[name]
+            if "groups" in hv:
+                return hv["groups"]
+    return {}
+
+
+def deployment_spans_hosts(groups) -> bool:
+    """True when the hosts of TLS_GROUPS together are more than one host."""
+    members = set()
+    for name in TLS_GROUPS:
+        members.update(groups.get(name) or [])
+    return len(members) > 1
+
+
+def mcp_instances(hosts, hostvars, from_host=None, groups=None):
+    hosts = list(hosts)
+    spans_hosts = deployment_spans_hosts(_groups(hosts, hostvars, from_host, groups))
     result = []
     for host in hosts:
         hv = hostvars[host]
+        tls = _as_bool(hv["mcp_server_tls_enabled"]) if "mcp_server_tls_enabled" in hv else spans_hosts
+        tls_name = str(hv.get("mcp_server_tls_name") or DEFAULT_TLS_NAME)
         listen = str(hv.get("mcp_server_listen_address") or "")
         if host == from_host:
             address = "127.0.0.1" if listen in WILDCARDS else listen
@@ -114,6 +175,8 @@ def mcp_instances(hosts, hostvars, from_host=None):
                     "address": str(address),
                     "port": int(port),
                     "route": route_id(host, port),
+                    "tls": tls,
+                    "tls_name": tls_name,
                 }
             )
     return result

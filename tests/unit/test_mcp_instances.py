@@ -28,8 +28,15 @@ def test_one_host_reaches_its_own_instances_over_loopback():
     hostvars = {"mcp-1.example.com": {"mcp_server_ports": [8000, 8001], "ansible_host": "10.0.0.5"}}
     got = mcp_instances(["mcp-1.example.com"], hostvars, "mcp-1.example.com")
     assert got == [
-        {"host": "mcp-1.example.com", "address": "127.0.0.1", "port": 8000, "route": "mcp1examplecom-8000"},
-        {"host": "mcp-1.example.com", "address": "127.0.0.1", "port": 8001, "route": "mcp1examplecom-8001"},
+        {
+            "host": "mcp-1.example.com",
+            "address": "127.0.0.1",
+            "port": port,
+            "route": f"mcp1examplecom-{port}",
+            "tls": False,
+            "tls_name": "mcpops-server.internal",
+        }
+        for port in (8000, 8001)
     ]
 
 
@@ -80,6 +87,83 @@ def test_a_host_with_neither_name_gets_the_default_ports():
     got = mcp_instances(["app1", "app2"], {"app1": {}, "app2": {"mcp_server_ports": [8005]}}, "lb")
     assert [(i["host"], i["port"]) for i in got] == [("app1", 8000), ("app2", 8005)]
     assert plugin.DEFAULT_PORTS == [8000]
+
+
+# tls and tls_name: TLS when the hosts of mcp_servers, mcp_lb and monitoring together are more than one.
+ONE_HOST_GROUPS = {
+    "all": ["h1"],
+    "mcp_servers": ["h1"],
+    "mcp_lb": ["h1"],
+    "monitoring": ["h1"],
+    "redis": ["h1"],
+}
+CLUSTER_GROUPS = {
+    "mcp_servers": ["app1", "app2"],
+    "mcp_lb": ["lb"],
+    "monitoring": ["ops"],
+    "redis": ["data"],
+}
+
+
+def test_one_host_deployment_stays_plain():
+    got = mcp_instances(["h1"], {"h1": {"mcp_server_ports": [8000, 8001]}}, "h1", groups=ONE_HOST_GROUPS)
+    assert [(i["tls"], i["tls_name"]) for i in got] == [(False, "mcpops-server.internal")] * 2
+
+
+def test_instances_serve_tls_when_clients_come_from_other_hosts():
+    hostvars = {"app1": {}, "app2": {}}
+    got = mcp_instances(["app1", "app2"], hostvars, "lb", groups=CLUSTER_GROUPS)
+    assert [i["tls"] for i in got] == [True, True]
+    assert {i["tls_name"] for i in got} == {"mcpops-server.internal"}
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        # one app host and the load balancer on another host
+        ({"mcp_servers": ["app1"], "mcp_lb": ["lb"]}, True),
+        # app and lb on one host, Prometheus elsewhere: it scrapes the instances across hosts
+        ({"mcp_servers": ["app1"], "mcp_lb": ["app1"], "monitoring": ["ops"]}, True),
+        # Redis on its own host is no client of the instances
+        ({"mcp_servers": ["app1"], "mcp_lb": ["app1"], "monitoring": ["app1"], "redis": ["data"]}, False),
+        # no group at all (a bare list of hosts)
+        ({}, False),
+        ({"mcp_servers": [], "mcp_lb": None}, False),
+    ],
+)
+def test_tls_follows_the_hosts_of_the_three_groups(groups, expected):
+    got = mcp_instances(["app1"], {"app1": {}}, "lb", groups=groups)
+    assert got[0]["tls"] is expected
+
+
+def test_a_hosts_explicit_switch_wins():
+    hostvars = {
+        "app1": {"mcp_server_tls_enabled": False},
+        "app2": {"mcp_server_tls_enabled": "true", "mcp_server_tls_name": "mcp-backend.example.net"},
+    }
+    got = mcp_instances(["app1", "app2"], hostvars, "app1", groups=ONE_HOST_GROUPS)
+    assert [(i["host"], i["tls"], i["tls_name"]) for i in got] == [
+        ("app1", False, "mcpops-server.internal"),
+        ("app2", True, "mcp-backend.example.net"),
+    ]
+    got = mcp_instances(["app1"], {"app1": {"mcp_server_tls_enabled": False}}, "lb", groups=CLUSTER_GROUPS)
+    assert got[0]["tls"] is False
+
+
+def test_groups_are_read_from_the_hostvars_of_from_host_then_of_the_first_host():
+    # Ansible's hostvars carry the groups magic variable for every host.
+    hostvars = {"lb": {"groups": CLUSTER_GROUPS}, "app1": {}, "app2": {}}
+    assert [i["tls"] for i in mcp_instances(["app1", "app2"], hostvars, "lb")] == [True, True]
+    hostvars = {"app1": {"groups": CLUSTER_GROUPS}, "app2": {}}
+    assert [i["tls"] for i in mcp_instances(["app1", "app2"], hostvars)] == [True, True]
+    hostvars = {"app1": {"groups": ONE_HOST_GROUPS}}
+    assert mcp_instances(["app1"], hostvars, "not-in-hostvars")[0]["tls"] is False
+    # an explicit groups argument wins over the hostvars' copy
+    assert mcp_instances(["app1"], hostvars, "app1", groups=CLUSTER_GROUPS)[0]["tls"] is True
+
+
+def test_no_hosts_no_instances():
+    assert mcp_instances([], {}, "lb") == []
 
 
 def test_the_filter_is_registered_under_its_file_name():

@@ -33,6 +33,12 @@ all:
     lb:
       hosts:
         lb1: {ansible_host: "2001:db8::2"}
+    mcp_servers:
+      children:
+        app:
+    mcp_lb:
+      children:
+        lb:
     redis:
       hosts:
         db1:
@@ -52,6 +58,7 @@ PLAYBOOK = """
     hosts_to_allow: "{{ groups['lb'] + groups['app'] + ['ghost', 'app1'] }}"
     samples: ["10.0.0.1", "10.0.0.0/8", "2001:db8::1", "fe80::1%eth0", "mcp.example.com", "app:mcp",
               "pkg.mod:obj", "mcpops:", "a b", 8000]
+    one_host: {mcp_servers: [app1]}
   tasks:
     - name: Write the results
       ansible.builtin.copy:
@@ -60,6 +67,7 @@ PLAYBOOK = """
         content: >-
           {{ {
             'instances': groups['app'] | mcpops.deploy.mcp_instances(hostvars, 'app1'),
+            'instances_one_host': ['app1'] | mcpops.deploy.mcp_instances(hostvars, 'app1', groups=one_host),
             'addresses': hosts_to_allow | mcpops.deploy.host_addresses(hostvars),
             'redis_from_app': 'db1' | mcpops.deploy.redis_url(hostvars, 'app1'),
             'redis_on_db': 'db1' | mcpops.deploy.redis_url(hostvars, 'db1', scheme='rediss'),
@@ -97,11 +105,15 @@ def test_plugins_in_a_playbook(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads(out.read_text())
+    # mcp_servers (app1, app2) and mcp_lb (lb1) are three hosts: TLS, read from the real hostvars' groups.
+    tls = {"tls": True, "tls_name": "mcpops-server.internal"}
     assert got["instances"] == [
-        {"host": "app1", "address": "127.0.0.1", "port": 8000, "route": "app1-8000"},
-        {"host": "app1", "address": "127.0.0.1", "port": 8001, "route": "app1-8001"},
-        {"host": "app2", "address": "app2.example.com", "port": 8100, "route": "app2-8100"},
+        {"host": "app1", "address": "127.0.0.1", "port": 8000, "route": "app1-8000", **tls},
+        {"host": "app1", "address": "127.0.0.1", "port": 8001, "route": "app1-8001", **tls},
+        {"host": "app2", "address": "app2.example.com", "port": 8100, "route": "app2-8100", **tls},
     ]
+    # The groups keyword wins over the hostvars' copy: one host, plain.
+    assert [i["tls"] for i in got["instances_one_host"]] == [False, False]
     assert got["addresses"] == {
         "lb1": ["2001:db8::2"],
         "app1": ["10.0.0.11"],

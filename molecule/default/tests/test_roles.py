@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO, run_playbook
 
-ROLES = ("firewall", "redis", "mcp_server", "nginx")
+ROLES = ("firewall", "pki", "redis", "mcp_server", "nginx")
 
 
 @pytest.mark.timeout(600)
