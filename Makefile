@@ -12,11 +12,11 @@ export ANSIBLE_FORCE_COLOR := 0
 MOLECULE_DISTRO ?= debian12
 export MOLECULE_DISTRO
 
-.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-debian13 bench bench-converge clean
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-debian13 bench bench-converge clean
 
 help:
 	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
-	@echo "make test     lint, unit tests, collection build/install test, molecule scenario default"
+	@echo "make test     lint, unit tests, collection build/install test, molecule scenarios default and cluster"
 	@echo "make setup    prepare this machine (venv, docker engine, base images); run by demo and test"
 	@echo "make molecule-debian13   the default scenario on Debian 13"
 	@echo "make bench    the server benchmark (bench/), printed as ratios"
@@ -44,11 +44,18 @@ unit: setup
 collection: setup
 	pytest -q tests/collection
 
-molecule: setup
+molecule: molecule-default molecule-cluster
+
+molecule-default: setup
 	molecule test -s default
 
+# Five containers (lb, app1, app2, data, ops): TLS between hosts, firewalls from the groups, log
+# shipping and monitoring.
+molecule-cluster: setup
+	molecule test -s cluster
+
 molecule-debian13:
-	$(MAKE) molecule MOLECULE_DISTRO=debian13
+	$(MAKE) molecule-default MOLECULE_DISTRO=debian13
 
 test: lint unit collection molecule
 	@echo "make test: all gates passed"
