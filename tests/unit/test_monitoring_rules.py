@@ -90,7 +90,9 @@ def test_grafana_dashboard_is_json_with_the_server_panels():
 
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not on PATH")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool (Debian package prometheus) is not on PATH"
+)
 
 
 @needs_promtool
@@ -112,7 +114,9 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian p
 )
 def test_promtool_checks_and_tests_the_rules(tmp_path, overrides):
     test_file = _write(tmp_path, overrides)
-    check = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "mcpops-rules.yml")], capture_output=True, text=True)
+    check = subprocess.run(
+        [PROMTOOL, "check", "rules", str(tmp_path / "mcpops-rules.yml")], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     run = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -121,7 +125,9 @@ def test_promtool_checks_and_tests_the_rules(tmp_path, overrides):
 @needs_promtool
 def test_promtool_test_catches_a_broken_threshold(tmp_path):
     """The tests can fail: rules rendered with one threshold, tests with another, must not pass."""
-    (tmp_path / "mcpops-rules.yml").write_text(_render("mcpops-rules.yml.j2", {"monitoring_alert_5xx_ratio": 0.9}))
+    (tmp_path / "mcpops-rules.yml").write_text(
+        _render("mcpops-rules.yml.j2", {"monitoring_alert_5xx_ratio": 0.9})
+    )
     test_file = tmp_path / "mcpops-rules.test.yml"
     test_file.write_text(_render("tests/mcpops-rules.test.yml.j2", {"monitoring_alert_5xx_ratio": 0.05}))
     run = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True)

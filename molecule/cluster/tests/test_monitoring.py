@@ -128,11 +128,19 @@ def test_mcp_targets_are_the_inventory_instances(ops):
 
 
 def test_scrapes_of_other_hosts_use_tls(ops):
-    remote = [t for t in targets(ops) if t["labels"]["job"] in ("node", "nginx", "redis") and t["labels"]["host"] != OPS]
+    remote = [
+        t
+        for t in targets(ops)
+        if t["labels"]["job"] in ("node", "nginx", "redis") and t["labels"]["host"] != OPS
+    ]
     assert remote, "no exporter on another host is scraped"
     plain = [t["scrapeUrl"] for t in remote if not t["scrapeUrl"].startswith("https://")]
     assert not plain, f"cross-host scrapes without TLS: {plain}"
-    local = [t["scrapeUrl"] for t in targets(ops) if t["labels"].get("host") == OPS and t["labels"]["job"] == "node"]
+    local = [
+        t["scrapeUrl"]
+        for t in targets(ops)
+        if t["labels"].get("host") == OPS and t["labels"]["job"] == "node"
+    ]
     assert local and all(u.startswith("http://127.0.0.1:") for u in local), local
 
 
@@ -141,7 +149,9 @@ def test_remote_exporter_wants_a_client_certificate(ops):
     remote = [t for t in targets(ops) if t["labels"]["job"] == "node" and t["labels"]["host"] != OPS]
     assert remote, "no node exporter on another host"
     url = remote[0]["scrapeUrl"]
-    anonymous = ops.run(f"curl -sS --max-time 10 --cacert {PKI}/ca.crt -o /dev/null -w '%{{http_code}}' {url}")
+    anonymous = ops.run(
+        f"curl -sS --max-time 10 --cacert {PKI}/ca.crt -o /dev/null -w '%{{http_code}}' {url}"
+    )
     assert anonymous.rc != 0 or anonymous.stdout != "200", f"{url} answered a client without a certificate"
     known = ops.run(
         f"curl -sS --max-time 10 --cacert {PKI}/ca.crt --cert {PKI}/host.crt --key {PKI}/host.key "
