@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import time
 from collections import Counter
@@ -160,6 +161,39 @@ def test_remote_exporter_wants_a_client_certificate(ops):
     assert known.stdout == "200", f"{url} refused the ops host's certificate: {known.stderr}"
     no_ca = ops.run(f"curl -sS --max-time 10 --cert {PKI}/host.crt --key {PKI}/host.key -o /dev/null {url}")
     assert no_ca.rc != 0, f"{url} verified without the deployment CA (system trust store)"
+
+
+UNITS = {
+    "node": "prometheus-node-exporter.service",
+    "nginx": "prometheus-nginx-exporter.service",
+    "redis": "prometheus-redis-exporter.service",
+}
+
+
+def exposure(host, unit: str) -> float:
+    out = host.run(f"systemd-analyze security --no-pager {unit}").stdout
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert match, f"systemd-analyze security {unit}: {out[-500:]}"
+    return float(match.group(1))
+
+
+def test_units_are_hardened(ops):
+    """Every exporter (on its own host), Alertmanager and the certificate timer's unit are confined."""
+    checked = []
+    for t in targets(ops):
+        unit = UNITS.get(t["labels"]["job"])
+        if unit is None:
+            continue
+        host = ops if t["labels"]["host"] == OPS else testinfra.get_host(f"docker://{t['labels']['host']}")
+        checked.append((t["labels"]["host"], unit, host))
+    checked += [(OPS, "prometheus-alertmanager.service", ops), (OPS, "mcpops-cert-expiry.service", ops)]
+    for name, unit, host in checked:
+        props = host.check_output(f"systemctl show -p ProtectSystem -p NoNewPrivileges -p User {unit}")
+        assert "ProtectSystem=strict" in props and "NoNewPrivileges=yes" in props, f"{name} {unit}: {props}"
+        score = exposure(host, unit)
+        assert score < 3.0, f"{name} {unit}: systemd-analyze security exposure {score}"
+    user = ops.check_output("systemctl show -p User prometheus-node-exporter.service")
+    assert user == "User=prometheus", user
 
 
 def test_every_rule_is_loaded_and_healthy(ops):
