@@ -345,10 +345,12 @@ def test_collector_outage_loses_and_doubles_nothing(shipper, collector):
         down_since = time.monotonic()
         numbered(shipper, marker, 1000)
         # The metric shows the lines waiting in the queue (written every log_shipping_stats_interval s).
+        # The batch the suspended action holds for its next retry is no longer counted in the queue
+        # (rsyslog's action queues dequeue up to 128 messages a batch): 999 was seen here.
         wait_until(
-            lambda: queued() >= 1000,
+            lambda: queued() >= 1000 - 128,
             OUTAGE_SECONDS,
-            f"{label} >= 1000 during the outage",
+            f"{label} >= 872 during the outage",
             lambda: diagnostics(shipper, collector),
         )
         # The outage lasts OUTAGE_SECONDS; nothing may reach the collector meanwhile.
