@@ -221,6 +221,23 @@ def test_nginx_access_line_arrives_once(lb, collector, shipper):
     assert isinstance(json.loads(got[0]["message"]), dict), "nginx's access line must stay one JSON object"
 
 
+def test_collector_host_ships_its_own_lines_over_loopback(collector, shipper):
+    """On the collector's own host, log_shipping uses plain RELP on 127.0.0.1 (no TLS to itself)."""
+    marker = f"loopback-{uuid.uuid4().hex}"
+    log_lines(collector, [json.dumps({"event": "logtest", "marker": marker})])
+    got = wait_until(
+        lambda: records(collector, COLLECTOR, "mcpops-server", marker),
+        60,
+        f"{marker} in {LOG_DIR}/{COLLECTOR}/mcpops-server.json",
+        lambda: diagnostics(shipper, collector),
+    )
+    assert len(got) == 1 and got[0]["host"] == COLLECTOR, got
+    sessions = collector.run("ss -Htn state established '( dport = :2515 )'").stdout
+    assert "127.0.0.1:2515" in sessions, f"no loopback RELP session on {COLLECTOR}: {sessions!r}"
+    tls_to_itself = collector.run("ss -Htn state established '( dport = :2514 )'").stdout
+    assert "127.0.0.1:2514" not in tls_to_itself, tls_to_itself
+
+
 def test_one_json_file_per_host_and_service(collector):
     for pair in EXPECT:
         path = f"{LOG_DIR}/{pair}.json"
