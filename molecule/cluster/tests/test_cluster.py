@@ -4,8 +4,10 @@ on each host that opens only what the topology needs."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from conftest import (
     connect,
     controller_script,
     mint_token,
+    wait_until,
 )
 
 
@@ -160,3 +163,42 @@ def test_firewalls_open_only_what_the_topology_needs(hosts, src, dst, port, expe
         assert not got.startswith("closed"), f"{src} -> {dst}:{port} should be open: {got}"
     else:
         assert got.startswith("closed"), f"{src} -> {dst}:{port} should be closed: {got}"
+
+
+def test_a_tool_calls_log_line_with_its_request_id_reaches_the_collector(hosts, lb_url, token_file):
+    """The request id a client sends travels through nginx to the instance, into the instance's JSON
+    log line of the tool call, and with that line over RELP to the collector on mcpops-ops."""
+    request_id = f"cluster-{uuid.uuid4().hex}"
+    out = controller_script(
+        "mcp_probe.py",
+        lb_url,
+        "--token",
+        token_file.read_text().split()[0],
+        "--ca",
+        str(CA_CERT),
+        "--host-header",
+        PUBLIC_NAME,
+        "--request-id",
+        request_id,
+        "--call",
+        "notes_search",
+        '{"query": "log line"}',
+    )
+    assert out["ok"], out
+    ops = hosts["mcpops-ops"]
+    files = " ".join(f"/var/log/mcpops/{name}/mcpops-server.json" for name in APP_HOSTS)
+
+    def tool_call_lines() -> list[dict]:
+        res = ops.run(f"grep -h {request_id} {files}")
+        lines = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+        return [
+            line
+            for line in lines
+            if (lambda r: r.get("tool_name") == "notes_search" and r.get("request_id") == request_id)(
+                json.loads(line["message"])
+            )
+        ]
+
+    lines = wait_until(tool_call_lines, timeout=30, what=f"the tool call's line with request id {request_id}")
+    assert {line["host"] for line in lines} <= set(APP_HOSTS), lines
+    assert all(line["service"] == "mcpops-server" for line in lines), lines

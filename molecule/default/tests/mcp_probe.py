@@ -6,7 +6,7 @@ The tests copy this file into a host and run it with the deployed virtualenv's P
 installing anywhere. It uses only the SDK and the standard library.
 
     mcp_probe.py URL [--token T | --token-file F] [--ca CA.pem] [--host-header NAME]
-                 [--list] [--call NAME JSON_ARGS]... [--timeout S]
+                 [--request-id ID] [--list] [--call NAME JSON_ARGS]... [--timeout S]
 
 One session runs initialize, then tools/list (with --list), then each --call in order. The output
 is one JSON object:
@@ -53,6 +53,8 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
         headers["Authorization"] = f"Bearer {token}"
     if args.host_header:
         headers["Host"] = args.host_header
+    if args.request_id:
+        headers["X-Request-ID"] = args.request_id
     verify: Any = ssl.create_default_context(cafile=args.ca) if args.ca else True
     session_ids: list[str] = []
 
@@ -100,6 +102,7 @@ def main() -> int:
     p.add_argument("--token-file")
     p.add_argument("--ca", help="CA certificate file to verify an https URL against")
     p.add_argument("--host-header", help="Host header to send (the public name when connecting by address)")
+    p.add_argument("--request-id", help="X-Request-ID to send with every request (log correlation)")
     p.add_argument("--list", action="store_true", help="run tools/list")
     p.add_argument("--call", nargs=2, action="append", metavar=("NAME", "JSON"), help="tools/call (repeat)")
     p.add_argument("--timeout", type=float, default=30.0)
