@@ -23,3 +23,20 @@ url="https://localhost:$PORT/mcp"
 echo "demo: MCP endpoint $url (CA: $MCPOPS_LAB_DIR/ca/ca.crt, public name mcp.mcpops.test)"
 python scripts/demo_client.py "$url" --ca "$MCPOPS_LAB_DIR/ca/ca.crt" \
   --token-dir "$MCPOPS_LAB_DIR/issuer" --aud https://mcp.mcpops.test/mcp
+
+# Where to look next: Prometheus (loopback of the container; every target of the inventory, plain
+# on one host) and the logs the host shipped to its own collector.
+# The first scrapes come within one interval of the converge: wait for them (at most 60 s).
+targets=unknown
+for _ in $(seq 30); do
+  targets=$(docker exec "$HOST" curl -sS --max-time 5 'http://127.0.0.1:9090/api/v1/targets?state=active' \
+    | python -c 'import json,sys; t=json.load(sys.stdin)["data"]["activeTargets"]; print(sum(x["health"]=="up" for x in t), "of", len(t))' \
+    2>/dev/null || echo unknown)
+  case $targets in unknown|"0 of 0") ;; *) [ "${targets%% *}" = "${targets##* }" ] && break ;; esac
+  sleep 2  # pacing between polls; the loop's bound is the deadline
+done
+echo "demo: Prometheus in $HOST at http://127.0.0.1:9090 (targets up: $targets); open it with"
+echo "demo:   docker exec $HOST curl -s 'http://127.0.0.1:9090/api/v1/alerts'"
+echo "demo: shipped logs (one JSON file per host and service) in $HOST under /var/log/mcpops/:"
+docker exec "$HOST" sh -c 'ls -1 /var/log/mcpops/*/*.json' | sed 's/^/demo:   /'
+echo "demo:   docker exec $HOST tail -n 3 /var/log/mcpops/$HOST/mcpops-server.json"

@@ -136,3 +136,18 @@ def connect(host, target: str, port: int, mode: str = "plain", payload: str = ""
     if payload:
         argv.append(payload)
     return host.run(shlex.join(argv)).stdout.strip()
+
+
+def run_site(inventory: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """playbooks/site.yml from the controller with the repo's ansible.cfg, on molecule's inventory."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INJECT_FACT_VARS="false")
+    env.setdefault("MCPOPS_LAB_DIR", str(LAB_DIR))
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    return subprocess.run(
+        [str(exe), "-i", str(inventory), str(REPO / "playbooks" / "site.yml"), *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

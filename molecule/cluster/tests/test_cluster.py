@@ -4,8 +4,11 @@ on each host that opens only what the topology needs."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -15,12 +18,14 @@ from conftest import (
     APP_HOSTS,
     CA_CERT,
     INSTANCE_PORTS,
+    LAB_DIR,
     PUBLIC_NAME,
     address_of,
     assert_active,
     connect,
     controller_script,
     mint_token,
+    run_site,
     wait_until,
 )
 
@@ -202,3 +207,45 @@ def test_a_tool_calls_log_line_with_its_request_id_reaches_the_collector(hosts, 
     lines = wait_until(tool_call_lines, timeout=30, what=f"the tool call's line with request id {request_id}")
     assert {line["host"] for line in lines} <= set(APP_HOSTS), lines
     assert all(line["service"] == "mcpops-server" for line in lines), lines
+
+
+def _serial(host, path: str = "/etc/mcpops/pki/host.crt") -> str:
+    return host.check_output(f"openssl x509 -in {path} -noout -serial")
+
+
+def test_a_certificate_near_expiry_is_renewed_and_redis_serves_the_new_one(hosts, tmp_path):
+    """Put a certificate that expires in 5 days (signed by the lab CA for the data host's own key)
+    in place of the data host's, then run site.yml for that host: the pki role re-signs it (within
+    pki_renew_days, 30), and Redis restarts onto the new certificate, which the app host sees."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert inventory and Path(inventory).exists(), "run by molecule verify (MOLECULE_INVENTORY_FILE)"
+    data, app = hosts["mcpops-data"], hosts["mcpops-app1"]
+    csr = data.check_output("openssl req -new -key /etc/mcpops/pki/host.key -subj /CN=mcpops-data")
+    (tmp_path / "host.csr").write_text(csr + "\n")
+    (tmp_path / "ext").write_text(
+        "subjectAltName=DNS:mcpops-data,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    ca = LAB_DIR / "ca"
+    sign = ["openssl", "x509", "-req", "-in", "host.csr", "-CA", str(ca / "ca.crt")]
+    sign += ["-CAkey", str(ca / "ca.key"), "-set_serial", "0x5eed", "-days", "5"]
+    sign += ["-extfile", "ext", "-out", "short.crt"]
+    subprocess.run(sign, cwd=tmp_path, check=True, capture_output=True)
+    put = base64.b64encode((tmp_path / "short.crt").read_bytes()).decode()
+    data.run_expect([0], f"echo {put} | base64 -d > /etc/mcpops/pki/host.crt")
+    assert _serial(data) == "serial=5EED"
+    data.run_expect([0], "systemctl restart redis-server")  # Redis now serves the short certificate
+    seen = connect(app, "mcpops-data", 6379, "mutual", "PING\\r\\n")
+    assert seen.startswith("open '-NOAUTH"), seen
+
+    res = run_site(Path(inventory), "--limit", "mcpops-data")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    renewed = _serial(data)
+    assert renewed != "serial=5EED", "the certificate expiring in 5 days was not renewed"
+    assert data.run("openssl x509 -in /etc/mcpops/pki/host.crt -noout -checkend 2592000").rc == 0
+    # Redis restarted onto the new certificate: what the app host is served is the renewed one.
+    pki = "/etc/mcpops/pki"
+    served = app.check_output(
+        f"echo | openssl s_client -connect mcpops-data:6379 -CAfile {pki}/ca.crt -cert {pki}/host.crt"
+        f" -key {pki}/host.key 2>/dev/null | openssl x509 -noout -serial"
+    )
+    assert served == renewed, f"Redis still serves {served}, the file holds {renewed}"

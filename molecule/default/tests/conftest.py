@@ -30,6 +30,8 @@ SERVER_PYTHON = "/opt/mcpops/current/venv/bin/python"
 PUBLIC_NAME = "mcp.mcpops.test"
 RESOURCE_URL = f"https://{PUBLIC_NAME}/mcp"
 ISSUER_URL = "https://issuer.mcpops.test"
+# Every group of site.yml; the one host of the scenario is in all of them.
+GROUPS = ("mcp_servers", "mcp_lb", "redis", "monitoring", "log_collectors")
 
 
 def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.25, what: str = "") -> T:
@@ -237,7 +239,7 @@ def site_inventory(host) -> Path:
     """An inventory like molecule's: this container in every group, the lab's group_vars."""
     d = Path(tempfile.mkdtemp(prefix="mcpops-inv-"))
     name = container_name(host)
-    groups = {g: {"hosts": {name: None}} for g in ("mcp_servers", "mcp_lb", "redis")}
+    groups = {g: {"hosts": {name: None}} for g in GROUPS}
     inv = {"all": {"children": groups, "vars": {"ansible_connection": "community.docker.docker"}}}
     (d / "hosts.yml").write_text(json.dumps(inv))
     (d / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conftest import LAB_DIR, PUBLIC_NAME, REPO, container_name
+from conftest import GROUPS, LAB_DIR, PUBLIC_NAME, REPO, container_name
 
 CA_CERT = LAB_DIR / "ca" / "ca.crt"
 CLIENT_IMAGE = os.environ.get("MCPOPS_CLIENT_IMAGE", "mcpops/debian12:latest")
@@ -26,7 +26,7 @@ def inventory(host) -> Path:
     if path and Path(path).exists():
         return Path(path)
     d = Path(tempfile.mkdtemp(prefix="mcpops-edge-inv-"))
-    groups = {g: {"hosts": {container_name(host): None}} for g in ("mcp_servers", "mcp_lb", "redis")}
+    groups = {g: {"hosts": {container_name(host): None}} for g in GROUPS}
     inv = {"all": {"children": groups, "vars": {"ansible_connection": "community.docker.docker"}}}
     (d / "hosts.yml").write_text(json.dumps(inv))
     (d / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
