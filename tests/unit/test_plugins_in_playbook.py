@@ -71,6 +71,8 @@ PLAYBOOK = """
             'addresses': hosts_to_allow | mcpops.deploy.host_addresses(hostvars),
             'redis_from_app': 'db1' | mcpops.deploy.redis_url(hostvars, 'app1'),
             'redis_on_db': 'db1' | mcpops.deploy.redis_url(hostvars, 'db1', scheme='rediss'),
+            'redis_plain_on_db': 'db1' | mcpops.deploy.redis_url(hostvars, 'db1', scheme='redis'),
+            'redis_tls': 'db1' | mcpops.deploy.redis_tls(hostvars),
             'ip_address': samples | select('mcpops.deploy.ip_address') | list,
             'ip_network': samples | select('mcpops.deploy.ip_network') | list,
             'dns_name': samples | select('mcpops.deploy.dns_name') | list,
@@ -121,7 +123,10 @@ def test_plugins_in_a_playbook(tmp_path):
         "ghost": [],
     }
     assert list(got["addresses"]) == ["lb1", "app1", "app2", "ghost"]
-    assert got["redis_from_app"] == "redis://[fd00::5]:6380/0"
+    # app1 is another host than db1: Redis serves TLS only, read from the real `groups` in hostvars
+    assert got["redis_tls"] is True
+    assert got["redis_from_app"] == "rediss://[fd00::5]:6380/0"
+    assert got["redis_plain_on_db"] == "redis://[::1]:6380/0"
     assert got["redis_on_db"] == "rediss://[::1]:6380/0"
     assert got["ip_address"] == ["10.0.0.1", "2001:db8::1"]
     assert got["ip_network"] == ["10.0.0.1", "10.0.0.0/8", "2001:db8::1"]
