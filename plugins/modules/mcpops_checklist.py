@@ -329,6 +329,8 @@ def instance_url(inst: dict) -> str:
 def cgroup_memory_limit(cgroup: str, root: str = "/sys/fs/cgroup") -> str:
     """The kernel's memory limit of a unit's cgroup (v2 memory.max, v1 memory.limit_in_bytes):
     a number of bytes, "max" when unlimited, "unknown" when the cgroup cannot be read."""
+    if not cgroup:
+        return "not running"
     for path in (f"{root}{cgroup}/memory.max", f"{root}/memory{cgroup}/memory.limit_in_bytes"):
         try:
             with open(path) as f:
