@@ -458,21 +458,31 @@ def uncovered(addresses, networks) -> list:
 
 
 def newest_backup(backup_dir: str, now: float) -> tuple:
-    """(path, age in hours) of the newest non-empty subdirectory of backup_dir, or (None, reason)."""
+    """(path, age in hours) of the newest backup that playbooks/backup.yml stored under backup_dir
+    (``<dir>/<host>/redis-<host>-<time>.rdb`` beside its ``.sha256``), or (None, reason)."""
     if not backup_dir:
         return None, "verify_backup_dir is empty"
     if not os.path.isdir(backup_dir):
-        hint = "set verify_backup_dir to where playbooks/backup.yml keeps the backups"
+        hint = "set verify_backup_dir to redis_backup_dir, where playbooks/backup.yml keeps the backups"
         return None, f"{backup_dir} does not exist on the controller ({hint})"
     found = []
-    for name in os.listdir(backup_dir):
-        path = os.path.join(backup_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
-            found.append((os.path.getmtime(path), path))
+    for host in os.listdir(backup_dir):
+        folder = os.path.join(backup_dir, host)
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if (
+                name.startswith("redis-")
+                and name.endswith(".rdb")
+                and os.path.getsize(path) > 0
+                and os.path.isfile(path + ".sha256")
+            ):
+                found.append((os.path.getmtime(path), path))
     if not found:
         return (
             None,
-            f"no backup (non-empty timestamped subdirectory) in {backup_dir}: run playbooks/backup.yml",
+            f"no backup (<host>/redis-*.rdb with its .sha256) in {backup_dir}: run playbooks/backup.yml",
         )
     mtime, path = max(found)
     return path, (now - mtime) / 3600.0

@@ -134,14 +134,18 @@ def test_newest_backup(tmp_path):
     now = time.time()
     assert m.newest_backup(str(tmp_path / "none"), now)[0] is None
     assert "no backup" in m.newest_backup(str(tmp_path), now)[1]
-    (tmp_path / "20260101T000000Z").mkdir()  # empty: not a backup
+    folder = tmp_path / "data1"
+    folder.mkdir()
+    (folder / "redis-data1-20260101T000000Z.rdb").write_text("x")  # no .sha256: not a backup
+    (folder / "notes.txt").write_text("x")
     assert m.newest_backup(str(tmp_path), now)[0] is None
-    for name, age_h in (("20260101T000000Z", 50), ("20260102T000000Z", 3)):
-        (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / "dump.rdb").write_text("x")
-        os.utime(tmp_path / name, (now - age_h * 3600, now - age_h * 3600))
+    for stamp, age_h in (("20260101T000000Z", 50), ("20260102T000000Z", 3)):
+        rdb = folder / f"redis-data1-{stamp}.rdb"
+        rdb.write_text("REDIS0010")
+        (folder / f"{rdb.name}.sha256").write_text("0" * 64 + f"  {rdb.name}\n")
+        os.utime(rdb, (now - age_h * 3600, now - age_h * 3600))
     path, age = m.newest_backup(str(tmp_path), now)
-    assert path.endswith("20260102T000000Z") and round(age) == 3
+    assert path.endswith("redis-data1-20260102T000000Z.rdb") and round(age) == 3
 
 
 def test_report_fails_an_item_a_host_did_not_answer():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from conftest import REPO, journal, wait_until
+from conftest import LAB_DIR, REPO, journal, wait_until
 
 GROUPS = json.loads(
     os.environ.get(
@@ -42,7 +42,7 @@ ALL = sorted({h for hosts in GROUPS.values() for h in hosts})
 APPS, LBS, REDIS = GROUPS["mcp_servers"], GROUPS["mcp_lb"], GROUPS["redis"]
 MONITORING, COLLECTORS = GROUPS["monitoring"], GROUPS["log_collectors"]
 INVENTORY = os.environ.get("MCPOPS_CHECKLIST_INVENTORY") or os.environ.get("MOLECULE_INVENTORY_FILE")
-BACKUP_DIR = os.environ.get("MCPOPS_CHECKLIST_BACKUP_DIR", str(Path.home() / "mcpops-backups" / "redis"))
+BACKUP_DIR = os.environ.get("MCPOPS_CHECKLIST_BACKUP_DIR", str(LAB_DIR / "backups" / "redis"))
 PKI = "/etc/mcpops/pki"
 SERVER_NAME = "mcp.mcpops.test"
 VENV = "/opt/mcpops/current/venv"
@@ -157,12 +157,28 @@ def route(name: str, port: int) -> str:
 @pytest.fixture(scope="session")
 def verify_report() -> dict:
     """playbooks/verify.yml in check mode: item key -> the report's entry (also proves it changes nothing)."""
-    if not INVENTORY:
-        pytest.skip("no inventory for verify.yml (MCPOPS_CHECKLIST_INVENTORY or MOLECULE_INVENTORY_FILE)")
+    assert INVENTORY, "no inventory for verify.yml (MCPOPS_CHECKLIST_INVENTORY or MOLECULE_INVENTORY_FILE)"
     env = dict(
         os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"
     )
     exe = Path(sys.executable).with_name("ansible-playbook")
+    # The operator's order: back up, then check the deployment (item 14 wants a recent backup).
+    backup = subprocess.run(
+        [
+            str(exe),
+            "-i",
+            INVENTORY,
+            str(REPO / "playbooks" / "backup.yml"),
+            "-e",
+            f"redis_backup_dir={BACKUP_DIR}",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert backup.returncode == 0, f"backup.yml failed: {backup.stdout[-2000:]}{backup.stderr[-1000:]}"
     res = subprocess.run(
         [str(exe), "-i", INVENTORY, str(REPO / "playbooks" / "verify.yml"), "--check", *BACKUP_ARG],
         cwd=REPO,
@@ -383,13 +399,16 @@ def test_checklist_13_monitoring_and_alerting_set_up(verify_report):
 
 def test_checklist_14_backup_and_disaster_recovery_plan_in_place(verify_report):
     entry = verify_report["test_checklist_14_backup_and_disaster_recovery_plan_in_place"]
-    backups = [p for p in Path(BACKUP_DIR).glob("*") if p.is_dir() and any(p.iterdir())]
+    # What backup.yml stores: <dir>/<host>/redis-<host>-<time>.rdb beside its .sha256, one per Redis host.
+    backups = [p for p in Path(BACKUP_DIR).glob("*/redis-*.rdb") if p.with_name(p.name + ".sha256").exists()]
     if not backups:
         # verify.yml must say so, naming the directory; the item itself is not in place.
         assert not entry["ok"] and BACKUP_DIR in entry["detail"], entry
         pytest.fail(
             f"no backup in {BACKUP_DIR}: run playbooks/backup.yml (verify.yml says: {entry['detail']})"
         )
+    for name in REDIS:
+        assert any(p.parent.name == name for p in backups), f"no backup of {name} in {BACKUP_DIR}"
     verify_says(verify_report, "test_checklist_14_backup_and_disaster_recovery_plan_in_place")
 
 
