@@ -419,6 +419,7 @@ async def run_streams(job: dict[str, Any]) -> dict[str, Any]:
     addrs: list[str | None] = job.get("source_addresses") or [None]
     per = math.ceil(len(tokens) / len(addrs))
     targets = [edge_target(job, conns=per + 8, local_address=a) for a in addrs]
+    before = Procs(job.get("ports", [])).rss()  # the instances before any of our sessions exist
     t_setup = time.monotonic()
     sessions: list[Session] = []
     refused: list[str] = []
@@ -532,6 +533,7 @@ async def run_streams(job: dict[str, Any]) -> dict[str, Any]:
         "max_gap_s": max((r["max_gap_s"] for r in outcome), default=None),
         "gap_limit_s": gap_limit,
         "per_instance_streams": {p: sum(1 for s in sessions if s.port == p) for p in ports},
+        "rss_before_sessions_kib": before,
         "rss_samples": samples,
         "rss_hwm_kib": hwm,
         "measured_processes": bool(procs.instances),

@@ -74,6 +74,7 @@ def main() -> int:
         "edge": lab_edge(),
         "tokens": mint_tokens(args.streams, "bench-streams-"),
         "source_addresses": [f"127.0.0.{10 + k}" for k in range(n_addr)],
+        "ports": lab["instance_ports"],
         "n": n,
         "interval_ms": args.interval_ms,
         "ramp_per_second": args.ramp,
@@ -88,6 +89,7 @@ def main() -> int:
     samples = res.pop("rss_samples")
     inst_keys = sorted({k for s in samples for k in s["rss_kib"] if k.startswith("instance_")})
     peak_sampled = {k: round(max(s["rss_kib"].get(k, 0) for s in samples) / 1024, 1) for k in inst_keys}
+    before = {k: round(v / 1024, 1) for k, v in res.pop("rss_before_sessions_kib").items() if k in inst_keys}
     idle = {k: round(samples[0]["rss_kib"].get(k, 0) / 1024, 1) for k in inst_keys} if samples else {}
     hwm = {k: round(v / 1024, 1) for k, v in res["rss_hwm_kib"].items()}
     nginx_peak = round(max((s["rss_kib"].get("nginx", 0) for s in samples), default=0) / 1024, 1)
@@ -115,7 +117,8 @@ def main() -> int:
         },
         **res,
         "rss_mib": {
-            "at_start": idle,
+            "before_sessions": before,
+            "sessions_open_no_streams": idle,
             "peak_sampled": peak_sampled,
             "hwm": hwm,
             "nginx_peak_sampled": nginx_peak,
@@ -144,7 +147,8 @@ def main() -> int:
         print(f"  dropped: {d}")
     for k in inst_keys:
         print(
-            f"RSS {k}: {idle.get(k)} MiB at start, {peak_sampled[k]} MiB peak sampled, {hwm.get(k)} MiB VmHWM"
+            f"RSS {k}: {before.get(k)} MiB before the sessions, {idle.get(k)} MiB with them (no stream), "
+            f"{peak_sampled[k]} MiB peak sampled, {hwm.get(k)} MiB VmHWM (the process' lifetime peak)"
         )
     print(
         f"nginx (all processes) peak {nginx_peak} MiB; target <= {TARGET_RSS_MIB} MiB per instance: "
