@@ -12,7 +12,7 @@ export ANSIBLE_FORCE_COLOR := 0
 MOLECULE_DISTRO ?= debian12
 export MOLECULE_DISTRO
 
-.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-debian13 bench bench-converge clean
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-debian13 bench bench-converge bench-edge bench-scaleout clean
 
 help:
 	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
@@ -21,6 +21,8 @@ help:
 	@echo "make molecule-debian13   the default scenario on Debian 13"
 	@echo "make bench    the server benchmark (bench/), printed as ratios"
 	@echo "make bench-converge   converge speed of site.yml against a no-Ansible floor"
+	@echo "make bench-edge       what nginx adds: proxy overhead, streaming delay, 1000 open streams (one-host lab)"
+	@echo "make bench-scaleout   throughput through the cluster's lb with one app host, then two"
 
 setup:
 	@bash scripts/setup.sh
@@ -65,6 +67,19 @@ bench: setup
 
 bench-converge: setup
 	python bench/converge.py --reruns 3
+
+# The edge benchmarks on a one-host lab of their own (about 10 min); docs/performance.md.
+bench-edge: setup
+	bench/lab.sh up
+	python bench/proxy_bench.py
+	python bench/stream_bench.py
+	docker exec $${MCPOPS_BENCH_LAB:-mcpops-bench-lab} systemctl restart 'mcpops-server@*'
+	python bench/open_streams.py
+	bench/lab.sh down
+
+# Scale-out through the cluster scenario's load balancer (after `molecule converge -s cluster`).
+bench-scaleout: setup
+	python bench/scaleout.py --lb mcpops-lb
 
 clean: demo-clean
 	rm -rf .cache .lab
