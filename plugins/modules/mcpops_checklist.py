@@ -434,6 +434,12 @@ def nft_sets(doc: dict) -> tuple:
                 if isinstance(e, dict) and "prefix" in e:
                     e = f"{e['prefix']['addr']}/{e['prefix']['len']}"
                 if isinstance(e, dict) and "range" in e:
+                    # An interval set with auto-merge joins neighbouring addresses into one range.
+                    try:
+                        low, high = (ipaddress.ip_address(str(a)) for a in e["range"])
+                        nets.extend(ipaddress.summarize_address_range(low, high))
+                    except (ValueError, TypeError):
+                        pass
                     continue
                 try:
                     nets.append(ipaddress.ip_network(str(e), strict=False))

@@ -95,13 +95,16 @@ def test_nft_sets_and_uncovered_addresses():
     doc = {"nftables": [
         {"chain": {"name": "input", "hook": "input", "policy": "drop"}},
         {"set": {"name": "redis_sources_v4", "elem": [
-            "10.0.0.2", {"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
+            "10.0.0.2", {"prefix": {"addr": "10.1.0.0", "len": 16}},
+            {"range": ["192.168.48.3", "192.168.48.4"]}]}},
         {"set": {"name": "redis_sources_v6", "elem": [{"elem": {"val": "fd00::3", "timeout": 0}}]}},
     ]}  # fmt: skip
     chains, sets = m.nft_sets(doc)
     assert chains["input"]["policy"] == "drop"
     nets = sets["redis_sources_v4"] + sets["redis_sources_v6"]
-    assert m.uncovered(["10.0.0.2", "10.1.9.9", "fd00::3"], nets) == []
+    # auto-merge joins neighbouring addresses into a range (two app hosts on one docker network)
+    assert m.uncovered(["10.0.0.2", "10.1.9.9", "fd00::3", "192.168.48.3", "192.168.48.4"], nets) == []
+    assert m.uncovered(["192.168.48.5"], nets) == ["192.168.48.5"]
     assert m.uncovered(["10.0.0.3", "fd00::4"], nets) == ["10.0.0.3", "fd00::4"]
 
 

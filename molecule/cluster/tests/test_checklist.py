@@ -158,9 +158,12 @@ def route(name: str, port: int) -> str:
 def verify_report() -> dict:
     """playbooks/verify.yml in check mode: item key -> the report's entry (also proves it changes nothing)."""
     assert INVENTORY, "no inventory for verify.yml (MCPOPS_CHECKLIST_INVENTORY or MOLECULE_INVENTORY_FILE)"
-    env = dict(
-        os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json"
-    )
+    # The lab's secrets (password lookups) live in MCPOPS_LAB_DIR, as in the converge.
+    lab = {
+        "MCPOPS_LAB_DIR": os.environ.get("MCPOPS_LAB_DIR", str(LAB_DIR)),
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+    }
+    env = dict(os.environ, **lab, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
     exe = Path(sys.executable).with_name("ansible-playbook")
     # The operator's order: back up, then check the deployment (item 14 wants a recent backup).
     backup = subprocess.run(
@@ -173,7 +176,7 @@ def verify_report() -> dict:
             f"redis_backup_dir={BACKUP_DIR}",
         ],
         cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+        env=dict(os.environ, **lab),
         capture_output=True,
         text=True,
         timeout=300,
