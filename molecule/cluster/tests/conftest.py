@@ -38,15 +38,25 @@ INSTANCE_PORTS = (8000, 8001)
 PKI = "/etc/mcpops/pki"
 
 
-def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.25, what: str = "") -> T:
-    """Call probe() until it returns a truthy value or the deadline passes; return that value."""
+def wait_until(
+    probe: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.25,
+    what: str = "",
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Call probe() until it returns a truthy value or the deadline passes; return that value.
+    At the deadline the error carries explain()'s text (journals, metrics) when it is given."""
     deadline = time.monotonic() + timeout
     while True:
         last = probe()
         if last:
             return last
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
+            detail = f"\n{explain()}" if explain else ""
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or probe}: last={last!r}{detail}"
+            )
         time.sleep(interval)  # pacing between polls; the deadline decides
 
 

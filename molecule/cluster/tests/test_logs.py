@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import pytest
 import testinfra
+from conftest import wait_until as shared_wait_until
 
 T = TypeVar("T")
 
@@ -69,15 +70,8 @@ def diagnostics(shipper, collector) -> str:
 
 
 def wait_until(probe: Callable[[], T], timeout: float, what: str, explain: Callable[[], str]) -> T:
-    """Call probe() until it returns a truthy value or the deadline passes; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: last={last!r}\n{explain()}")
-        time.sleep(0.5)  # pacing between polls, not synchronisation: the deadline decides
+    """The scenario's wait_until, polling every 0.5 s, with the rsyslog diagnostics at the deadline."""
+    return shared_wait_until(probe, timeout=timeout, interval=0.5, what=what, explain=explain)
 
 
 def records(collector, host: str, service: str, marker: str) -> list[dict]:

@@ -15,12 +15,12 @@ import json
 import os
 import re
 import shlex
-import time
 from collections import Counter
 from urllib.parse import quote
 
 import pytest
 import testinfra
+from conftest import journal, wait_until
 
 OPS = os.environ.get("MCPOPS_MONITORING_HOST", "mcpops-ops")
 EXPECTED_TARGETS = json.loads(
@@ -57,22 +57,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 http.server.HTTPServer(("127.0.0.1", {WEBHOOK_PORT}), H).serve_forever()
 """
-
-
-def wait_until(probe, timeout: float = 60.0, interval: float = 1.0, what: str = ""):
-    """Call probe() until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: last={last!r}")
-        time.sleep(interval)  # pacing between polls; the deadline decides
-
-
-def journal(host, unit: str, lines: int = 60) -> str:
-    return host.run(f"journalctl -u {unit} -n {lines} --no-pager -o short-iso").stdout
 
 
 @pytest.fixture(scope="module")
