@@ -219,9 +219,15 @@ def test_tarball_ships_what_users_need(tarball_names):
 
 
 def test_every_role_file_is_shipped(tarball_names):
-    """Roles are shipped by a pattern, so a role added later (roles/common) needs no galaxy.yml edit."""
-    missing = sorted(checkout_files("roles") - tarball_names)
+    """Roles are shipped by a pattern, so a role added later (roles/common) needs no galaxy.yml edit;
+    only the roles' development labs (roles/<role>/tests: throwaway containers and CAs) stay out."""
+    files = checkout_files("roles")
+    labs = {n for n in files if re.match(r"roles/[^/]+/tests/", n)}
+    missing = sorted(files - labs - tarball_names)
     assert not missing, f"role files missing from the tarball: {missing[:10]}"
+    assert labs, "no role has a lab under roles/<role>/tests: this check checks nothing"
+    shipped = sorted(labs & tarball_names)
+    assert not shipped, f"development labs shipped: {shipped[:10]}"
 
 
 def test_leftovers_are_removed_and_prior_files_kept(tarball, leftovers):
