@@ -15,10 +15,17 @@ port=${2:-8000}
 #   redis       __redis_package(s)        redis-server
 #   mcp_server  __mcp_server_os_packages  python3 python3-venv
 #   nginx       __nginx_packages          nginx openssl python3-cryptography (+ certbot for ACME only)
+#   pki                                   ssl-cert openssl python3-cryptography
+#   log_shipping, log_collector           rsyslog rsyslog-relp logrotate
+#   exporters                             prometheus-node-exporter prometheus-nginx-exporter
+#                                         prometheus-redis-exporter
+#   monitoring                            prometheus prometheus-alertmanager
 # bench/converge.py compares the packages dpkg lists on the converged host with those on this one
 # and warns when they differ. Like the roles' one apt task (roles/common/tasks/packages.yml,
 # install_recommends: false), recommended packages are left out.
-PACKAGES=(nftables redis-server python3 python3-venv nginx openssl python3-cryptography)
+PACKAGES=(nftables redis-server python3 python3-venv nginx openssl python3-cryptography ssl-cert
+  rsyslog rsyslog-relp logrotate prometheus-node-exporter prometheus-nginx-exporter
+  prometheus-redis-exporter prometheus prometheus-alertmanager)
 
 export DEBIAN_FRONTEND=noninteractive
 
