@@ -14,6 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.request_state import RequestStateSecurity
 from pydantic import Field
 
+from . import __version__
 from .config import NotesSettings
 from .notes import MAX_RESULTS, NotesError, NotesStore
 
@@ -56,6 +57,8 @@ def build_reference_server(
     b = notes or NotesSettings()
     mcp: MCPServer = MCPServer(
         name=name,
+        # serverInfo.version: clients (and the rolling upgrade's probe) see which release answers.
+        version=__version__,
         instructions=INSTRUCTIONS,
         request_state_security=request_state_security,
         log_level="WARNING",

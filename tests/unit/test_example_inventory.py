@@ -50,5 +50,7 @@ def test_group_vars_are_read_and_secrets_are_vault_references():
     ):
         assert re.fullmatch(r"\{\{ vault_[a-z_]+ \}\}", shared[name]), f"{name} is not a vault reference"
     assert inv["mcp_servers"]["vars"]["mcp_server_listen_address"] == "0.0.0.0"
+    probe = inv["mcp_servers"]["vars"]["mcp_server_probe_token"]
+    assert re.fullmatch(r"\{\{ vault_[a-z_]+ \}\}", probe), "mcp_server_probe_token is not a vault reference"
     assert inv["monitoring"]["vars"]["monitoring_alertmanager_receiver"]["type"] == "webhook"
     assert inv["mcp_lb"]["vars"]["nginx_tls_source"] in ("acme", "files")

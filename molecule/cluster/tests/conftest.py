@@ -148,16 +148,61 @@ def connect(host, target: str, port: int, mode: str = "plain", payload: str = ""
     return host.run(shlex.join(argv)).stdout.strip()
 
 
-def run_site(inventory: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """playbooks/site.yml from the controller with the repo's ansible.cfg, on molecule's inventory."""
+def run_playbook(
+    name: str, inventory: Path, *extra: str, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """playbooks/<name> from the controller with the repo's ansible.cfg, on molecule's inventory."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INJECT_FACT_VARS="false")
     env.setdefault("MCPOPS_LAB_DIR", str(LAB_DIR))
     exe = Path(sys.executable).with_name("ansible-playbook")
     return subprocess.run(
-        [str(exe), "-i", str(inventory), str(REPO / "playbooks" / "site.yml"), *extra],
+        [str(exe), "-i", str(inventory), str(REPO / "playbooks" / name), *extra],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_site(inventory: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """playbooks/site.yml (run_playbook)."""
+    return run_playbook("site.yml", inventory, *extra, timeout=timeout)
+
+
+def molecule_inventory() -> Path:
+    raw = os.environ.get("MOLECULE_INVENTORY_FILE")
+    assert raw and Path(raw).exists(), "run by molecule verify (MOLECULE_INVENTORY_FILE)"
+    return Path(raw)
+
+
+class SteadyLoad:
+    """The default scenario's steady_load.py on the controller, through the lb, until stop():
+    a constant stream of MCP calls plus event streams; stop() returns what the clients saw."""
+
+    def __init__(self, workdir: Path, workers: int = 4, streams: int = 1, **options: object):
+        self.stop_file = workdir / "stop-load"
+        tokens = workdir / "load-tokens"
+        tokens.write_text("\n".join(mint_token(sub=f"load-{i}") for i in range(workers + streams)) + "\n")
+        argv = [
+            sys.executable,
+            str(DEFAULT_TESTS / "steady_load.py"),
+            f"https://{address_of('mcpops-lb')}/mcp",
+        ]
+        argv += ["--token-file", str(tokens), "--stop-file", str(self.stop_file), "--ca", str(CA_CERT)]
+        argv += ["--host-header", PUBLIC_NAME, "--workers", str(workers), "--streams", str(streams)]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running_calls(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 120) -> dict:
+        self.stop_file.touch()
+        out, err = self.proc.communicate(timeout=timeout)
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            rc = self.proc.returncode
+            raise AssertionError(f"steady_load.py printed no JSON (rc={rc}): {out}\n{err}") from None

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""A constant stream of MCP calls through one URL until told to stop (test support).
+
+    steady_load.py URL --token-file F --stop-file S [--ca CA] [--host-header H]
+                   [--workers 4] [--rate 5] [--calls-per-session 25] [--streams 1]
+                   [--stream-n 10] [--stream-interval-ms 300] [--max-seconds 900]
+
+Runs beside a playbook or a fault drill and reports what the clients saw. Each of --workers opens a
+session with the SDK's ClientSession (the session-based revision: the instance that minted the
+session id owns it, so nginx's affinity and its fail-over to the other instances are exercised),
+calls `slow_count` (n=1) at --rate calls a second, and starts a new session every
+--calls-per-session calls. Each of --streams runs `slow_count` with --stream-n progress
+notifications --stream-interval-ms apart, one after another: event streams that are open while hosts
+leave and rejoin the rotation. Tokens come round-robin from --token-file (one subject per worker,
+so no worker meets another's rate limit).
+
+Nothing is retried: a call that raises or returns an error counts as failed. The load stops once
+--stop-file exists (calls in progress finish) or after --max-seconds, and prints one JSON object:
+calls, failed, streams, streams_failed, progress (notifications received), routes (calls per
+session-id prefix, i.e. per instance), first errors with their time since the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.calls = 0
+        self.failed = 0
+        self.streams = 0
+        self.streams_failed = 0
+        self.progress = 0
+        self.routes: Counter[str] = Counter()
+        self.errors: list[dict[str, Any]] = []
+
+    def error(self, what: str, exc: BaseException | str) -> None:
+        detail: Any = exc
+        while isinstance(detail, BaseExceptionGroup) and detail.exceptions:
+            detail = detail.exceptions[0]
+        text = detail if isinstance(detail, str) else f"{type(detail).__name__}: {detail}"
+        if len(self.errors) < 20:
+            since = round(time.monotonic() - self.start, 2)
+            self.errors.append({"t": since, "what": what, "error": text[:300]})
+
+
+def stopping(args: argparse.Namespace, tally: Tally) -> bool:
+    return Path(args.stop_file).exists() or time.monotonic() - tally.start > args.max_seconds
+
+
+async def worker(args: argparse.Namespace, token: str, verify: Any, tally: Tally, stream: bool) -> None:
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "mcpops-steady-load"}
+    if args.host_header:
+        headers["Host"] = args.host_header
+    session: list[str] = []
+    statuses: list[str] = []
+
+    async def remember(response: httpx2.Response) -> None:
+        sid = response.headers.get("mcp-session-id")
+        if sid:
+            session[:] = [sid]
+        if response.status_code >= 400:
+            statuses.append(f"HTTP {response.status_code} {response.request.method}")
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        tally.progress += 1
+
+    while not stopping(args, tally):
+        statuses.clear()
+        hooks = {"response": [remember]}
+        http = httpx2.AsyncClient(verify=verify, headers=headers, timeout=30, event_hooks=hooks)
+        what = "stream" if stream else "call"
+        try:
+            async with (
+                http,
+                streamable_http_client(args.url, http_client=http) as (read, write),
+                ClientSession(read, write) as client,
+            ):
+                await client.initialize()
+                for _ in range(1 if stream else args.calls_per_session):
+                    if stopping(args, tally):
+                        break
+                    paced = time.monotonic() + 1.0 / args.rate
+                    if stream:
+                        tally.streams += 1
+                        params = {"n": args.stream_n, "interval_ms": args.stream_interval_ms}
+                        result = await client.call_tool("slow_count", params, progress_callback=on_progress)
+                    else:
+                        tally.calls += 1
+                        result = await client.call_tool("slow_count", {"n": 1, "interval_ms": 0})
+                    if session:
+                        tally.routes[session[0].split(".", 1)[0]] += 1
+                    if result.is_error:
+                        tally.error(what, f"tool error: {result.content}")
+                        if stream:
+                            tally.streams_failed += 1
+                        else:
+                            tally.failed += 1
+                    if not stream:
+                        await asyncio.sleep(max(0.0, paced - time.monotonic()))  # pacing, not synchronisation
+        except BaseException as exc:  # a failed exchange is a result here; the worker starts a new session
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            tally.error(what + (f" ({', '.join(statuses)})" if statuses else ""), exc)
+            if stream:
+                tally.streams_failed += 1
+            else:
+                tally.failed += 1
+
+
+async def main(args: argparse.Namespace, tokens: list[str]) -> dict[str, Any]:
+    verify: Any = ssl.create_default_context(cafile=args.ca) if args.ca else True
+    tally = Tally()
+    jobs = [worker(args, tokens[i % len(tokens)], verify, tally, False) for i in range(args.workers)]
+    jobs += [
+        worker(args, tokens[(args.workers + i) % len(tokens)], verify, tally, True)
+        for i in range(args.streams)
+    ]
+    await asyncio.gather(*jobs)
+    return {
+        "calls": tally.calls,
+        "failed": tally.failed,
+        "streams": tally.streams,
+        "streams_failed": tally.streams_failed,
+        "progress": tally.progress,
+        "routes": dict(tally.routes),
+        "seconds": round(time.monotonic() - tally.start, 1),
+        "errors": tally.errors,
+    }
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url")
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--stop-file", required=True)
+    p.add_argument("--ca")
+    p.add_argument("--host-header")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rate", type=float, default=5.0, help="calls a second per worker")
+    p.add_argument("--calls-per-session", type=int, default=25)
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--stream-n", type=int, default=10)
+    p.add_argument("--stream-interval-ms", type=int, default=300)
+    p.add_argument("--max-seconds", type=float, default=900)
+    parsed = p.parse_args()
+    lines = [t for t in Path(parsed.token_file).read_text(encoding="utf-8").split() if t]
+    print(json.dumps(asyncio.run(main(parsed, lines))))
