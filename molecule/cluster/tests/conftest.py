@@ -182,6 +182,7 @@ class SteadyLoad:
 
     def __init__(self, workdir: Path, workers: int = 4, streams: int = 1, **options: object):
         self.stop_file = workdir / "stop-load"
+        self.status_file = workdir / "load-status"
         tokens = workdir / "load-tokens"
         tokens.write_text("\n".join(mint_token(sub=f"load-{i}") for i in range(workers + streams)) + "\n")
         argv = [
@@ -191,12 +192,38 @@ class SteadyLoad:
         ]
         argv += ["--token-file", str(tokens), "--stop-file", str(self.stop_file), "--ca", str(CA_CERT)]
         argv += ["--host-header", PUBLIC_NAME, "--workers", str(workers), "--streams", str(streams)]
+        argv += ["--status-file", str(self.status_file)]
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def running_calls(self) -> bool:
-        return self.proc.poll() is None
+    def calls(self) -> int:
+        """Calls made so far (updated every fifth call)."""
+        try:
+            return int(self.status_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def wait_for_calls(self, more: int, timeout: float = 60) -> int:
+        """Wait until `more` calls beyond the current count were made; return the new count."""
+        target = self.calls() + more
+
+        def progressed() -> bool:
+            assert self.proc.poll() is None, f"steady_load.py ended early: {self.proc.communicate()}"
+            return self.calls() >= target
+
+        wait_until(progressed, timeout, 0.2, f"{more} more calls from the load")
+        return self.calls()
+
+    def close(self) -> None:
+        """Stop the load if a failed test left it running (a finalizer); its report is dropped."""
+        if self.proc.poll() is None:
+            self.stop_file.touch()
+            try:
+                self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
 
     def stop(self, timeout: float = 120) -> dict:
         self.stop_file.touch()

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import pytest
 import testinfra
+from conftest import SteadyLoad
 from conftest import wait_until as shared_wait_until
 
 T = TypeVar("T")
@@ -344,7 +345,7 @@ def test_clients_without_a_deployment_certificate_are_refused(shipper, collector
 
 # The outage alone lasts OUTAGE_SECONDS; the project's default of 120 s a test is too short.
 @pytest.mark.timeout(OUTAGE_SECONDS + 300)
-def test_collector_outage_loses_and_doubles_nothing(shipper, collector):
+def test_collector_outage_loses_and_doubles_nothing(shipper, collector, tmp_path, capsys, request):
     marker = f"outage-{uuid.uuid4().hex}"
     label = f'mcpops_log_shipping_queue_size{{collector="{COLLECTOR}"}}'
 
@@ -352,6 +353,10 @@ def test_collector_outage_loses_and_doubles_nothing(shipper, collector):
         m = re.search(rf"^{re.escape(label)} (\S+)$", shipper.run(f"cat {METRICS_FILE}").stdout, re.M)
         return float(m.group(1)) if m else -1.0
 
+    # A fault drill too (test_faults.py): clients keep calling through the lb the whole time.
+    load = SteadyLoad(tmp_path, workers=2, streams=0, client="current", rate=5)
+    request.addfinalizer(load.close)
+    load.wait_for_calls(10)
     # syslog.socket would start rsyslog again on demand: stop both.
     assert collector.run("systemctl stop syslog.socket rsyslog.service").rc == 0
     try:
@@ -388,10 +393,19 @@ def test_collector_outage_loses_and_doubles_nothing(shipper, collector):
     )
     print(f"all 1000 arrived {time.monotonic() - down_since:.1f}s after the collector stopped")
     barrier(shipper, collector)
+    calls = load.stop()
     got = numbers_arrived(collector, marker)
-    assert set(got) == set(range(1, 1001)), f"missing: {sorted(set(range(1, 1001)) - set(got))[:20]}"
+    missing = sorted(set(range(1, 1001)) - set(got))
+    with capsys.disabled():
+        print(
+            f"\nfault drill, log collector down {OUTAGE_SECONDS:.0f} s: {calls['calls']} calls,"
+            f" {calls['failed']} failed; lost: {len(missing)} of 1000 log lines,"
+            f" {sum(c - 1 for c in got.values() if c > 1)} doubled"
+        )
+    assert not missing, f"missing: {missing[:20]}"
     doubled = {n: c for n, c in got.items() if c != 1}
     assert not doubled, f"lines that arrived more than once: {doubled}"
+    assert calls["failed"] == 0, f"calls failed while the collector was down: {calls['errors']}"
 
 
 @pytest.mark.timeout(300)
