@@ -38,6 +38,8 @@ from conftest import (
 
 NEW = "mcpops-app3"
 PORTS = (8000, 8001)
+# The first test waits for a fresh host's whole converge (the fixture `grown`).
+pytestmark = pytest.mark.timeout(1500)
 
 
 def _remove_container() -> None:
