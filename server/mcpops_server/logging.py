@@ -54,6 +54,9 @@ _EXTRA_FIELDS = (
     "event",
     "instance_id",
     "settings",
+    "server",
+    "pid",
+    "exit_code",
 )
 
 
