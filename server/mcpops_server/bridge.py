@@ -195,7 +195,7 @@ class _Child:
                 if isinstance(exc, TimeoutError)
                 else f"failed to initialize: {exc}"
             )
-            self._end("startup_failed", f"the server's process {why}")
+            self.kill("startup_failed", f"the server's process {why}")
             raise ChildGone(f"the server's process {why}") from None
         logger.info(
             "bridge child %d started for %s",
@@ -251,7 +251,7 @@ class _Child:
         calls, self.calls, self.by_token = self.calls, {}, {}
         for call in calls.values():
             call.end("gone", message)
-        for task in self.tasks:
+        for task in self.tasks[:2]:  # the readers; _wait_exit reaps the process
             if task is not asyncio.current_task():
                 task.cancel()
         self.on_exit(self, reason)
@@ -259,8 +259,9 @@ class _Child:
     async def _wait_exit(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        # stdout may still hold the child's last answers: let the reader finish them (bounded)
-        await asyncio.wait(self.tasks[:1], timeout=1)
+        # stdout may still hold the child's last answers, stderr its last words: let the readers
+        # finish them (bounded: what the child started may hold the pipes open)
+        await asyncio.wait(self.tasks[:2], timeout=1)
         if self.ended is None:
             reason = "stopped" if self.stopping else "exited"
             if not self.stopping:
@@ -683,19 +684,29 @@ def _principal(ctx: Any) -> str | None:
 def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
     """A low-level Server whose every request is the child's to answer."""
 
-    async def forward(ctx: Any, _params: Any) -> dict[str, Any]:
-        async def progress(params: Mapping[str, Any]) -> None:
-            value = params.get("progress")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total = params.get("total")
-                message = params.get("message")
-                await ctx.session.report_progress(
-                    value,
-                    total if isinstance(total, int | float) and not isinstance(total, bool) else None,
-                    message if isinstance(message, str) else None,
-                )
+    def forwarder(method: str) -> Callable[[Any, Any], Awaitable[dict[str, Any]]]:
+        async def forward(ctx: Any, params: Any) -> dict[str, Any]:
+            # The client's params as sent, unless the handler is called for another request than the
+            # one in ctx (ToolObserver lists the tools for its labels from inside a tools/call).
+            raw = (
+                ctx.params
+                if ctx.method == method
+                else params.model_dump(by_alias=True, exclude_none=True, mode="json")
+            )
+            return await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
 
-        return await pool.forward(_principal(ctx), ctx.method, ctx.params, progress)
+        return forward
+
+    async def _progress(ctx: Any, params: Mapping[str, Any]) -> None:
+        value = params.get("progress")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total = params.get("total")
+            message = params.get("message")
+            await ctx.session.report_progress(
+                value,
+                total if isinstance(total, int | float) and not isinstance(total, bool) else None,
+                message if isinstance(message, str) else None,
+            )
 
     async def discover(ctx: Any, _params: Any) -> types.DiscoverResult:
         await pool.child(pool.key(_principal(ctx)))
@@ -707,7 +718,7 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
 
     server: Server[Any] = Server(name, version=__version__)
     for method, params_type in FORWARDED:
-        server.add_request_handler(method, params_type, forward)
+        server.add_request_handler(method, params_type, forwarder(method))
     server.add_request_handler("server/discover", types.RequestParams, discover)
 
     async def initialize(ctx: Any, call_next: Any) -> Any:

@@ -240,11 +240,15 @@ def test_shared_gives_everyone_one_child(bridges, issuer):
     alice, bob = token(issuer, s, fresh("alice")), token(issuer, s, fresh("bob"))
 
     async def go():
-        first = value(await call(s, alice, "counter"))
-        assert value(await call(s, bob, "counter")) == first + 1
+        # The instance's first call: its tool name is not known yet, so ToolObserver lists the tools
+        # (for the metric label) from inside the call; that must not run the call twice.
+        assert value(await call(s, alice, "counter")) == 1
+        assert value(await call(s, bob, "counter")) == 2
         assert value(await call(s, alice, "pid")) == value(await call(s, bob, "pid"))
 
     anyio.run(go)
+    text = metrics_text(s)
+    assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") == 2
 
 
 def test_the_cap_on_children_evicts_the_idle_most_and_refuses_when_all_are_busy(bridges, issuer):
