@@ -8,7 +8,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -53,7 +52,7 @@ def proc(workdir: Any, name: str, env: dict[str, str]) -> ServerProc:
 
 class Bridges:
     pp: ServerProc  # per_principal, two children at most, small stdout bounds
-    shared: ServerProc  # one child for everyone
+    shared: ServerProc  # one child for everyone, calls cut after 2 s
     reap: ServerProc  # per_principal, children reaped after half a second
 
 
@@ -72,7 +71,9 @@ def bridges(workdir, redis_srv, issuer) -> Iterator[Bridges]:
             BRIDGE_MAX_MESSAGES_PER_SECOND="500",
         ),
     )
-    shared = bridge_env(redis_srv, issuer, "bridge-shared", BRIDGE_ISOLATION="shared")
+    shared = bridge_env(
+        redis_srv, issuer, "bridge-shared", BRIDGE_ISOLATION="shared", BRIDGE_CALL_TIMEOUT="2"
+    )
     b.shared = proc(workdir, "bridge-shared", shared)
     reap = bridge_env(redis_srv, issuer, "bridge-reap", BRIDGE_IDLE_TIMEOUT="0.5")
     b.reap = proc(workdir, "bridge-reap", reap)
@@ -160,6 +161,8 @@ def test_capabilities_tools_resources_prompts_and_errors_are_the_childs(bridges,
     anyio.run(go)
     text = metrics_text(s)
     assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") >= 1
+    lines = s.log_lines()
+    assert lines and all(x.get("server") == "bridge-pp" for x in lines)  # every line names the server
 
 
 def test_the_child_gets_its_environment_and_not_the_instances(bridges, issuer):
@@ -218,6 +221,33 @@ def test_a_cancelled_call_is_cancelled_in_the_child(bridges, issuer):
     anyio.run(go)
 
 
+def test_calls_in_flight_share_a_child_and_each_gets_its_own_progress(bridges, issuer):
+    s = bridges.pp
+    tok = token(issuer, s, fresh("mux"))
+
+    async def go():
+        seen: dict[int, list[float]] = {n: [] for n in (2, 3, 4, 5)}
+        results: dict[int, Any] = {}
+        async with session(s, tok) as (c, _), session(s, tok) as (c2, _):
+            pid = value(await c.call_tool("pid", {}))
+
+            async def one(client: ClientSession, n: int) -> None:
+                async def on_progress(progress, total, message):
+                    seen[n].append(progress)
+
+                args = {"n": n, "interval_ms": 100}
+                results[n] = await client.call_tool("slow", args, progress_callback=on_progress)
+
+            async with anyio.create_task_group() as tg:
+                for n in seen:
+                    tg.start_soon(one, c if n % 2 else c2, n)
+            assert value(await c2.call_tool("pid", {})) == pid  # one child served both sessions
+        assert {n: value(r) for n, r in results.items()} == {n: n for n in seen}
+        assert seen == {n: [float(i) for i in range(1, n + 1)] for n in seen}
+
+    anyio.run(go)
+
+
 # ------------------------------------------------------------------------------------ isolation
 
 
@@ -249,6 +279,25 @@ def test_shared_gives_everyone_one_child(bridges, issuer):
     anyio.run(go)
     text = metrics_text(s)
     assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") == 2
+
+
+def test_a_call_past_the_call_timeout_is_answered_and_cancelled_in_the_child(bridges, issuer):
+    s = bridges.shared  # bridge.call_timeout: 2; after test_shared, which needs the instance fresh
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("slowpoke"))) as (c, _):
+            before = value(await c.call_tool("cancelled", {}))
+            started = time.monotonic()
+            with pytest.raises(MCPError) as late:
+                await c.call_tool("wait", {"seconds": 30})
+            assert 1.5 < time.monotonic() - started < 10
+            assert "did not answer within 2 s (bridge.call_timeout)" in str(late.value)
+            deadline = time.monotonic() + 10
+            while value(await c.call_tool("cancelled", {})) != before + 1:
+                assert time.monotonic() < deadline, "the child never saw the cancellation"
+                await anyio.sleep(0.05)
+
+    anyio.run(go)
 
 
 def test_the_cap_on_children_evicts_the_idle_most_and_refuses_when_all_are_busy(bridges, issuer):
@@ -440,7 +489,3 @@ def test_published_npm_server_everything_through_the_bridge(tmp_path, redis_srv,
                 assert "through the bridge" in echoed.content[0].text
 
         anyio.run(go)
-
-
-def test_python_is_the_interpreter_of_the_fixture():
-    assert sys.executable == PYTHON  # the fixture child runs in this venv, with PYTHONPATH from BRIDGE_ENV
