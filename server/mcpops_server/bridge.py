@@ -89,7 +89,7 @@ _BACKOFF_START = 0.25
 _STDERR_LINE_MAX = 1024  # characters of one logged stderr line
 _STDERR_CHUNK = 65536
 _PROGRESS_QUEUED_MAX = 256  # progress notifications waiting for a slow client; more are dropped
-_CANCEL_REASON = "cancelled by the client"
+_CANCEL_REASON = "cancelled by the client, or bridge.call_timeout passed"
 _ENV_PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
 
