@@ -11,8 +11,9 @@ Request path, outermost first (all pure ASGI, no per-request Starlette middlewar
     else  ->   Starlette: /health, /metrics, RFC 9728 metadata, the user's custom routes
 
 Every response the path answers itself goes through ``asgi.send_response``. The MCP server is the
-reference toolset or the user's ``server.app``; either way we drive its low-level ``Server`` with
-our own session manager (instance-owned session ids).
+reference toolset, the user's ``server.app``, or the stdio bridge (``bridge.command``, bridge.py:
+a low-level ``Server`` forwarding to child processes); either way we drive its low-level ``Server``
+with our own session manager (instance-owned session ids).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from starlette.routing import BaseRoute, Route
 from . import metrics
 from .asgi import TEXT, header, send_response
 from .auth import AuthGate, JWKSVerifier, protected_resource_metadata, resource_metadata_url
+from .bridge import ChildPool, build_bridge_server
 from .clientaddr import ClientAddress
 from .config import Settings
 from .health import HealthChecker
@@ -218,7 +220,12 @@ class Runtime:
 
 def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
     store_ref = StoreRef()
-    if settings.server.app:
+    pool: ChildPool | None = None
+    if settings.bridge.enabled:
+        pool = ChildPool(settings.bridge, settings.server.name)
+        server: MCPServer | Server[Any] = build_bridge_server(settings.server.name, pool)
+        metrics.bridge_children.labels(settings.server.name).set_function(lambda: pool.running)
+    elif settings.server.app:
         server = load_user_app(settings.server.app)
     else:
         security = (
@@ -297,7 +304,7 @@ def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store_ref.store = NotesStore(redis, settings.redis.key_prefix, settings.notes)
-        if not settings.server.app:
+        if not settings.server.app and pool is None:
             try:
                 version = await store_ref.store.schema_version()
                 if version < SCHEMA_VERSION:
@@ -310,10 +317,14 @@ def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
                 logger.warning("Redis is not reachable at start-up: %s", exc.__class__.__name__)
         if verifier is not None:
             await verifier.start()
+        if pool is not None:
+            await pool.start()
         try:
             async with manager.run():
                 yield
         finally:
+            if pool is not None:
+                await pool.aclose()  # after the calls in flight: stdin closed, SIGTERM, SIGKILL
             if verifier is not None:
                 await verifier.aclose()
             await redis.aclose()

@@ -115,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(exc)
     from . import logging as mlog
 
-    mlog.configure(settings.logging, instance_id=settings.server.instance_id)
+    mlog.configure(settings.logging, instance_id=settings.server.instance_id, server=settings.server.name)
     for warning in settings.warnings:
         logger.warning(warning, extra={"event": "config_warning"})
     if not settings.auth.enabled:

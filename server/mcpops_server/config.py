@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -216,6 +217,77 @@ def _as_readable_file(value: Any) -> str | None:
         return None
     if not Path(path).is_file() or not os.access(path, os.R_OK):
         raise _Bad("the path of an existing, readable file")
+    return path
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_MAX_ARGV = 256  # arguments of bridge.command
+_MAX_ENV = 256  # variables of bridge.env and bridge.env_file together
+
+
+def _as_argv(value: Any) -> tuple[str, ...]:
+    """A command as an argument vector: a YAML list, or in the environment a JSON array (or words)."""
+    accepted = (
+        f"a list of 1 to {_MAX_ARGV} non-empty strings without NUL, the executable first "
+        '(in the environment a JSON array, e.g. ["node", "/srv/x/index.js"], or words split on spaces)'
+    )
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise _Bad(accepted) from None
+        else:
+            value = text.split()
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= _MAX_ARGV:
+        raise _Bad(accepted)
+    argv = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise _Bad(accepted)
+        text = str(item)
+        if "\x00" in text or not text:
+            raise _Bad(accepted)
+        argv.append(text)
+    if not argv[0].strip():
+        raise _Bad(accepted)
+    return tuple(argv)
+
+
+def _as_env_map(value: Any) -> tuple[tuple[str, str], ...]:
+    """Variables for a child process: a YAML mapping (a JSON object in the environment), kept as pairs."""
+    accepted = (
+        f"a mapping of at most {_MAX_ENV} variables NAME: value (names [A-Za-z_][A-Za-z0-9_]*, "
+        "values strings or numbers without NUL; a JSON object in the environment)"
+    )
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _Bad(accepted) from None
+    if not isinstance(value, dict) or len(value) > _MAX_ENV:
+        raise _Bad(accepted)
+    pairs = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+            raise _Bad(accepted)
+        if isinstance(item, bool) or not isinstance(item, str | int | float) or "\x00" in str(item):
+            raise _Bad(accepted)
+        pairs.append((name, str(item)))
+    return tuple(pairs)
+
+
+def _as_directory(value: Any) -> str | None:
+    path = _as_optional_str(value)
+    if path is None:
+        return None
+    if not os.path.isabs(path) or not Path(path).is_dir() or not os.access(path, os.X_OK):
+        raise _Bad("the absolute path of an existing directory the server may enter")
     return path
 
 
@@ -640,6 +712,106 @@ class NotesSettings:
 
 
 @dataclass(frozen=True)
+class BridgeSettings:
+    """A stdio MCP server run as child processes, instead of an MCPServer object (bridge.py)."""
+
+    command: tuple[str, ...] = setting(
+        (),
+        "BRIDGE_COMMAND",
+        _as_argv,
+        "argv of a stdio MCP server to run and forward to (not with server.app); empty: no bridge",
+    )
+    env: tuple[tuple[str, str], ...] = setting(
+        (),
+        "BRIDGE_ENV",
+        _as_env_map,
+        "variables for the child beside PATH, HOME, LANG, LC_*, TZ, TMPDIR; values never printed",
+        secret=True,
+        documented_default="{}",
+    )
+    env_file: str | None = setting(
+        None,
+        "BRIDGE_ENV_FILE",
+        _as_readable_file,
+        "file of NAME=value lines for the child (secrets); overrides bridge.env",
+    )
+    file_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # read from env_file
+    cwd: str | None = setting(
+        None, "BRIDGE_CWD", _as_directory, "working directory of the child", documented_default="the server's"
+    )
+    isolation: str = setting(
+        "per_principal",
+        "BRIDGE_ISOLATION",
+        _one_of("per_principal", "shared", lower=True),
+        "per_principal: a child per token subject; shared: one child for everyone",
+    )
+    max_children: int = setting(
+        16,
+        "BRIDGE_MAX_CHILDREN",
+        _as_int(1, 10_000),
+        "children of an instance (per_principal); a new one stops the idle-most, refused if all are busy",
+    )
+    max_calls_per_child: int = setting(
+        64,
+        "BRIDGE_MAX_CALLS_PER_CHILD",
+        _as_int(1, 10_000),
+        "requests in flight on one child; one more is refused with a JSON-RPC error",
+    )
+    idle_timeout: float = setting(
+        600.0,
+        "BRIDGE_IDLE_TIMEOUT",
+        _as_seconds(0, 86400 * 7, above=True),
+        "seconds a child without calls lives on",
+    )
+    call_timeout: float = setting(
+        120.0,
+        "BRIDGE_CALL_TIMEOUT",
+        _as_seconds(0, 86400, above=True),
+        "seconds one forwarded request may take; then a JSON-RPC error and notifications/cancelled",
+    )
+    startup_timeout: float = setting(
+        10.0,
+        "BRIDGE_STARTUP_TIMEOUT",
+        _as_seconds(0, 600, above=True),
+        "seconds a new child has to answer initialize",
+    )
+    restart_backoff_max: float = setting(
+        30.0,
+        "BRIDGE_RESTART_BACKOFF_MAX",
+        _as_seconds(0, 3600),
+        "longest wait before a crashed child is started again (0.25 s doubling per crash in a row)",
+    )
+    stop_timeout: float = setting(
+        2.0,
+        "BRIDGE_STOP_TIMEOUT",
+        _as_seconds(0, 300, above=True),
+        "seconds a stopping child gets after its stdin closes, and again after SIGTERM, before SIGKILL",
+    )
+    max_line_bytes: int = setting(
+        4_194_304,
+        "BRIDGE_MAX_LINE_BYTES",
+        _as_int(1024, 1 << 28),
+        "bytes of one message on the child's stdout; a longer one restarts the child",
+    )
+    max_messages_per_second: int = setting(
+        1000,
+        "BRIDGE_MAX_MESSAGES_PER_SECOND",
+        _as_int(1, 1_000_000),
+        "lines the child may write to stdout in a second; more restarts the child",
+    )
+    max_stderr_lines_per_second: int = setting(
+        20,
+        "BRIDGE_MAX_STDERR_LINES_PER_SECOND",
+        _as_int(0, 100_000),
+        "lines of the child's stderr logged a second (cut to 1024 characters); the rest counted, dropped",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -652,6 +824,7 @@ class Settings:
     tls: TlsSettings = TlsSettings()
     database: DatabaseSettings = DatabaseSettings()
     notes: NotesSettings = NotesSettings()
+    bridge: BridgeSettings = BridgeSettings()
     config_path: str | None = None
     warnings: tuple[str, ...] = ()  # accepted but risky: "<setting> = <value>: <why>"
 
@@ -1032,6 +1205,59 @@ def _check_tls(load: _Load) -> None:
         load.bad("tls", missing, f"set together with tls.{given}", "")
 
 
+def _check_bridge(load: _Load) -> None:
+    bridge = load.values["bridge"]
+    command = bridge.get("command")
+    if not command:
+        return
+    if load.values["server"].get("app"):
+        both = f"either {load.name_of('server', 'app')} or {load.name_of('bridge', 'command')}, not both"
+        load.bad("bridge", "command", both)
+    executable = command[0]
+    if os.path.isabs(executable):
+        found = executable if os.path.isfile(executable) and os.access(executable, os.X_OK) else None
+    else:
+        found = shutil.which(executable)
+    if found is None:
+        load.bad(
+            "bridge",
+            "command",
+            f"a command whose executable ({executable}) is an executable file, by absolute path or on PATH",
+        )
+    env_file = bridge.get("env_file")
+    if env_file:
+        pairs, why = _read_env_file(env_file)
+        if why:
+            load.bad("bridge", "env_file", why)
+        bridge["file_env"] = pairs
+    names = {name for name, _ in bridge.get("env", ())} | {name for name, _ in bridge.get("file_env", ())}
+    if len(names) > _MAX_ENV:
+        load.bad("bridge", "env_file", f"at most {_MAX_ENV} variables with bridge.env")
+
+
+def _read_env_file(path: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """NAME=value lines (blank lines and # comments skipped; no quoting, no expansion)."""
+    why = f"a UTF-8 file of at most {_MAX_ENV} NAME=value lines (NAME: [A-Za-z_][A-Za-z0-9_]*), at most 1 MiB"
+    try:
+        if Path(path).stat().st_size > 1 << 20:
+            return (), why
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return (), why
+    pairs = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, eq, value = line.partition("=")
+        name = name.strip()
+        if not eq or not _ENV_NAME_RE.match(name) or "\x00" in value:
+            return (), why
+        pairs.append((name, value))
+    if len(pairs) > _MAX_ENV:
+        return (), why
+    return tuple(pairs), None
+
+
 _CHECKS: tuple[Callable[[_Load], None], ...] = (
     _check_server,
     _check_auth,
@@ -1040,6 +1266,7 @@ _CHECKS: tuple[Callable[[_Load], None], ...] = (
     _check_cors,
     _check_metrics,
     _check_tls,
+    _check_bridge,
 )
 
 
@@ -1225,7 +1452,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "instance_id": server.instance_id,
         "listen": f"{server.host}:{server.port}",
         "stateless": server.stateless,
-        "app": server.app or "reference",
+        "app": server.app or ("bridge" if settings.bridge.enabled else "reference"),
         "auth": settings.auth.enabled,
         "redis": redact_url(settings.redis.url),
         "redis_tls": ("mutual" if settings.redis.tls_cert_file else "verified")
@@ -1236,6 +1463,12 @@ def describe(settings: Settings) -> dict[str, Any]:
         else None,
         "tls": settings.tls.enabled,
         "request_state_keys": len(server.request_state_keys),
+        "bridge": {
+            "executable": os.path.basename(settings.bridge.command[0]),
+            "isolation": settings.bridge.isolation,
+        }
+        if settings.bridge.enabled
+        else None,
     }
 
 

@@ -54,6 +54,9 @@ _EXTRA_FIELDS = (
     "event",
     "instance_id",
     "settings",
+    "server",
+    "pid",
+    "exit_code",
 )
 
 
@@ -258,10 +261,15 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(settings: LoggingSettings, *, instance_id: str | None = None) -> None:
+def configure(
+    settings: LoggingSettings, *, instance_id: str | None = None, server: str | None = None
+) -> None:
+    """Root handlers and format; every JSON line carries ``instance_id`` and ``server`` (server.name:
+    several servers' instances may share a host and its journal)."""
     formatter: logging.Formatter
     if settings.format == "json":
-        formatter = JSONFormatter({"instance_id": instance_id} if instance_id else None)
+        static = {key: value for key, value in (("instance_id", instance_id), ("server", server)) if value}
+        formatter = JSONFormatter(static or None)
     else:
         formatter = TextFormatter()
     handlers: list[logging.Handler] = []

@@ -67,6 +67,26 @@ sessions_rejected_total = Counter(
 )
 health_status = Gauge("mcp_health_check_ok", "Last result of each health check (1 ok, 0 failing)", ["check"])
 
+# --- the stdio bridge (bridge.py); labelled by server name, never by principal ---
+bridge_children = Gauge("mcpops_bridge_children", "Child processes running", ["server"])
+bridge_child_starts_total = Counter("mcpops_bridge_child_starts_total", "Child processes started", ["server"])
+bridge_child_restarts_total = Counter(
+    "mcpops_bridge_child_restarts_total",
+    "Child processes that ended by failure and are restarted on demand "
+    "(reason: exited, protocol_error, startup_failed)",
+    ["server", "reason"],
+)
+bridge_child_stops_total = Counter(
+    "mcpops_bridge_child_stops_total",
+    "Child processes stopped (reason: idle, evicted, shutdown)",
+    ["server", "reason"],
+)
+bridge_refused_total = Counter(
+    "mcpops_bridge_refused_total",
+    "Requests refused by the bridge (reason: max_children, max_calls_per_child)",
+    ["server", "reason"],
+)
+
 ENDPOINT = "/mcp"
 
 
@@ -92,6 +112,10 @@ tool_calls = MemoisedLabels(tool_calls_total)  # (endpoint, tool_name, result)
 tool_duration = MemoisedLabels(tool_duration_seconds)  # (endpoint, tool_name)
 auth_attempts = MemoisedLabels(auth_attempts_total)  # (endpoint, result)
 sessions_rejected = MemoisedLabels(sessions_rejected_total)  # (reason,)
+bridge_starts = MemoisedLabels(bridge_child_starts_total)  # (server,)
+bridge_restarts = MemoisedLabels(bridge_child_restarts_total)  # (server, reason)
+bridge_stops = MemoisedLabels(bridge_child_stops_total)  # (server, reason)
+bridge_refused = MemoisedLabels(bridge_refused_total)  # (server, reason)
 auth_duration = auth_duration_seconds.labels(ENDPOINT)
 mcp_connections = active_connections.labels(ENDPOINT)  # a function: the gateway's count of /mcp requests
 

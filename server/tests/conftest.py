@@ -21,6 +21,12 @@ from mcpops_testlib import Issuer, RedisServer, ServerProc, running
 PUBLIC_HOST = "mcp.test"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "published: installs a real published MCP server from a registry (network; -m published)"
+    )
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("mcpops")

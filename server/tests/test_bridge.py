@@ -1,0 +1,491 @@
+"""The stdio bridge (bridge.py), end to end: real mcpops-server instances whose bridge.command runs
+the fixture bridge_child.server as child processes, called with the SDK's streamable HTTP client and
+real tokens. Waits poll with deadlines; nothing sleeps to synchronise."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcpops_testlib import PYTHON, PYTHONPATH, ServerProc, running, wait_for
+
+CHILD = [PYTHON, "-m", "bridge_child.server"]
+SECRET = "s3cret-value-for-the-child"
+
+
+def bridge_env(redis_srv: Any, issuer: Any, name: str, **more: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_srv.url,
+        "REDIS_KEY_PREFIX": f"t-{name}:",
+        "AUTH_ISSUER_URL": issuer.url,
+        "AUTH_JWKS_URL": issuer.url + "/jwks.json",
+        "REQUIRED_SCOPES": "mcp",
+        "RATE_LIMIT_PER_MINUTE": "100000",
+        "MCP_SERVER_NAME": name,
+        "MCP_GRACEFUL_TIMEOUT": "5",
+        "BRIDGE_COMMAND": json.dumps(CHILD),
+        "BRIDGE_ENV": json.dumps({"PYTHONPATH": PYTHONPATH, "FIXTURE_SECRET": SECRET}),
+        "BRIDGE_CALL_TIMEOUT": "20",
+        "BRIDGE_STARTUP_TIMEOUT": "20",
+        "BRIDGE_RESTART_BACKOFF_MAX": "1",
+        **more,
+    }
+
+
+def proc(workdir: Any, name: str, env: dict[str, str]) -> ServerProc:
+    p = ServerProc(name, workdir / name, {})
+    p.env.update(env)
+    p.env["RESOURCE_SERVER_URL"] = p.mcp_url
+    return p
+
+
+class Bridges:
+    pp: ServerProc  # per_principal, two children at most, small stdout bounds
+    shared: ServerProc  # one child for everyone, calls cut after 2 s
+    reap: ServerProc  # per_principal, children reaped after half a second
+
+
+@pytest.fixture(scope="module")
+def bridges(workdir, redis_srv, issuer) -> Iterator[Bridges]:
+    b = Bridges()
+    b.pp = proc(
+        workdir,
+        "bridge-pp",
+        bridge_env(
+            redis_srv,
+            issuer,
+            "bridge-pp",
+            BRIDGE_MAX_CHILDREN="2",
+            BRIDGE_MAX_LINE_BYTES="65536",
+            BRIDGE_MAX_MESSAGES_PER_SECOND="500",
+        ),
+    )
+    shared = bridge_env(
+        redis_srv, issuer, "bridge-shared", BRIDGE_ISOLATION="shared", BRIDGE_CALL_TIMEOUT="2"
+    )
+    b.shared = proc(workdir, "bridge-shared", shared)
+    reap = bridge_env(redis_srv, issuer, "bridge-reap", BRIDGE_IDLE_TIMEOUT="0.5")
+    b.reap = proc(workdir, "bridge-reap", reap)
+    with running(b.pp, b.shared, b.reap):
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def session(s: ServerProc, token: str) -> AsyncIterator[tuple[ClientSession, Any]]:
+    """The SDK's client, initialized; with the initialize result."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as hc,
+        streamable_http_client(s.mcp_url, http_client=hc) as (r, w),
+        ClientSession(r, w) as c,
+    ):
+        init = await c.initialize()
+        yield c, init
+
+
+def token(issuer: Any, s: ServerProc, sub: str) -> str:
+    return issuer.token(s.mcp_url, sub=sub)
+
+
+async def call(s: ServerProc, tok: str, name: str, args: dict[str, Any] | None = None) -> Any:
+    async with session(s, tok) as (c, _):
+        return await c.call_tool(name, args or {})
+
+
+def value(result: Any) -> Any:
+    assert not result.is_error, result
+    return result.structured_content["result"]
+
+
+def events(s: ServerProc, event: str) -> list[dict[str, Any]]:
+    return [x for x in s.log_lines() if x.get("event") == event]
+
+
+def metrics_text(s: ServerProc) -> str:
+    return httpx2.get(s.base + "/metrics").text
+
+
+def bridge_metric(s: ServerProc, name: str, **labels: str) -> float:
+    """One sample of an mcpops_bridge_* metric of this instance's server (label server=its name)."""
+    return s.metric(metrics_text(s), f"mcpops_bridge_{name}", server=s.env["MCP_SERVER_NAME"], **labels)
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(4).hex()}"
+
+
+# ------------------------------------------------------------------------------------ forwarding
+
+
+def test_capabilities_tools_resources_prompts_and_errors_are_the_childs(bridges, issuer):
+    s = bridges.pp
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("alice"))) as (c, init):
+            caps = init.capabilities
+            assert caps.tools is not None and caps.resources is not None and caps.prompts is not None
+            assert init.server_info.name == "bridge-pp"
+            assert init.instructions == "Fixture of the bridge tests."
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"counter", "slow", "wait", "crash", "junk", "shout"} <= names
+            assert value(await c.call_tool("counter", {})) == 1
+            failed = await c.call_tool("fail", {})
+            assert failed.is_error and "always fails" in failed.content[0].text
+            listed = (await c.list_resources()).resources
+            assert [str(r.uri) for r in listed] == ["fixture://hello"]
+            read = await c.read_resource("fixture://hello")
+            assert read.contents[0].text == "hello from the child"
+            templates = (await c.list_resource_templates()).resource_templates
+            assert [t.uri_template for t in templates] == ["fixture://greeting/{name}"]
+            assert (await c.read_resource("fixture://greeting/bob")).contents[0].text == "hello, bob"
+            prompts = (await c.list_prompts()).prompts
+            assert [p.name for p in prompts] == ["review"]
+            got = await c.get_prompt("review", {"code": "x = 1"})
+            assert "x = 1" in got.messages[0].content.text
+            # the child's JSON-RPC error comes back as that error
+            with pytest.raises(MCPError) as raised:
+                await c.get_prompt("no-such-prompt", {})
+            assert "no-such-prompt" in str(raised.value) or "Unknown prompt" in str(raised.value)
+
+    anyio.run(go)
+    text = metrics_text(s)
+    assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") >= 1
+    lines = s.log_lines()
+    assert lines and all(x.get("server") == "bridge-pp" for x in lines)  # every line names the server
+
+
+def test_the_child_gets_its_environment_and_not_the_instances(bridges, issuer):
+    s = bridges.pp
+    tok = token(issuer, s, fresh("env"))
+
+    async def go():
+        async with session(s, tok) as (c, _):
+            assert value(await c.call_tool("env", {"name": "FIXTURE_SECRET"})) == SECRET
+            assert value(await c.call_tool("env", {"name": "REDIS_URL"})) is None
+            assert value(await c.call_tool("env", {"name": "PATH"}))
+
+    anyio.run(go)
+    assert SECRET not in s.log_text()
+
+
+def test_progress_arrives_before_the_result(bridges, issuer):
+    s = bridges.pp
+    n, interval_ms = 4, 250
+
+    async def go():
+        seen: list[tuple[float, float]] = []
+
+        async def on_progress(progress, total, message):
+            seen.append((time.monotonic(), progress))
+
+        async with session(s, token(issuer, s, fresh("prog"))) as (c, _):
+            await c.call_tool("pid", {})  # the child is up: timing below is the call's alone
+            t0 = time.monotonic()
+            args = {"n": n, "interval_ms": interval_ms}
+            res = await c.call_tool("slow", args, progress_callback=on_progress)
+            t_done = time.monotonic()
+        assert value(res) == n
+        assert [p for _, p in seen] == [1, 2, 3, 4]
+        total = (n - 1) * interval_ms / 1000
+        assert seen[0][0] - t0 < total / 2
+        assert t_done - seen[0][0] >= total * 0.8
+
+    anyio.run(go)
+
+
+def test_a_cancelled_call_is_cancelled_in_the_child(bridges, issuer):
+    s = bridges.pp
+    tok = token(issuer, s, fresh("cancel"))
+
+    async def go():
+        async with session(s, tok) as (c, _):
+            assert value(await c.call_tool("cancelled", {})) == 0
+            with anyio.move_on_after(1):
+                await c.call_tool("wait", {"seconds": 30})
+            deadline = time.monotonic() + 10
+            while value(await c.call_tool("cancelled", {})) != 1:
+                assert time.monotonic() < deadline, "the child never saw the cancellation"
+                await anyio.sleep(0.05)
+
+    anyio.run(go)
+
+
+def test_calls_in_flight_share_a_child_and_each_gets_its_own_progress(bridges, issuer):
+    s = bridges.pp
+    tok = token(issuer, s, fresh("mux"))
+
+    async def go():
+        seen: dict[int, list[float]] = {n: [] for n in (2, 3, 4, 5)}
+        results: dict[int, Any] = {}
+        async with session(s, tok) as (c, _), session(s, tok) as (c2, _):
+            pid = value(await c.call_tool("pid", {}))
+
+            async def one(client: ClientSession, n: int) -> None:
+                async def on_progress(progress, total, message):
+                    seen[n].append(progress)
+
+                args = {"n": n, "interval_ms": 100}
+                results[n] = await client.call_tool("slow", args, progress_callback=on_progress)
+
+            async with anyio.create_task_group() as tg:
+                for n in seen:
+                    tg.start_soon(one, c if n % 2 else c2, n)
+            assert value(await c2.call_tool("pid", {})) == pid  # one child served both sessions
+        assert {n: value(r) for n, r in results.items()} == {n: n for n in seen}
+        assert seen == {n: [float(i) for i in range(1, n + 1)] for n in seen}
+
+    anyio.run(go)
+
+
+# ------------------------------------------------------------------------------------ isolation
+
+
+def test_per_principal_gives_each_subject_its_own_child(bridges, issuer):
+    s = bridges.pp
+    alice, bob = token(issuer, s, fresh("alice")), token(issuer, s, fresh("bob"))
+
+    async def go():
+        assert value(await call(s, alice, "counter")) == 1
+        assert value(await call(s, alice, "counter")) == 2  # a new session, the same child
+        assert value(await call(s, bob, "counter")) == 1
+        assert value(await call(s, alice, "counter")) == 3
+        assert value(await call(s, alice, "pid")) != value(await call(s, bob, "pid"))
+
+    anyio.run(go)
+
+
+def test_shared_gives_everyone_one_child(bridges, issuer):
+    s = bridges.shared
+    alice, bob = token(issuer, s, fresh("alice")), token(issuer, s, fresh("bob"))
+
+    async def go():
+        # The instance's first call: its tool name is not known yet, so ToolObserver lists the tools
+        # (for the metric label) from inside the call; that must not run the call twice.
+        assert value(await call(s, alice, "counter")) == 1
+        assert value(await call(s, bob, "counter")) == 2
+        assert value(await call(s, alice, "pid")) == value(await call(s, bob, "pid"))
+
+    anyio.run(go)
+    text = metrics_text(s)
+    assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") == 2
+
+
+def test_a_call_past_the_call_timeout_is_answered_and_cancelled_in_the_child(bridges, issuer):
+    s = bridges.shared  # bridge.call_timeout: 2; after test_shared, which needs the instance fresh
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("slowpoke"))) as (c, _):
+            before = value(await c.call_tool("cancelled", {}))
+            started = time.monotonic()
+            with pytest.raises(MCPError) as late:
+                await c.call_tool("wait", {"seconds": 30})
+            assert 1.5 < time.monotonic() - started < 10
+            assert "did not answer within 2 s (bridge.call_timeout)" in str(late.value)
+            deadline = time.monotonic() + 10
+            while value(await c.call_tool("cancelled", {})) != before + 1:
+                assert time.monotonic() < deadline, "the child never saw the cancellation"
+                await anyio.sleep(0.05)
+
+    anyio.run(go)
+
+
+def test_the_cap_on_children_evicts_the_idle_most_and_refuses_when_all_are_busy(bridges, issuer):
+    s = bridges.pp  # bridge.max_children: 2
+    a, b, c = (token(issuer, s, fresh(n)) for n in ("capa", "capb", "capc"))
+
+    async def go():
+        assert value(await call(s, a, "counter")) == 1
+        assert value(await call(s, b, "counter")) == 1
+        stops = bridge_metric(s, "child_stops_total", reason="evicted")
+        assert value(await call(s, c, "counter")) == 1  # a's child, idle longest, makes room
+        assert value(await call(s, b, "counter")) == 2  # b's is still there
+        assert value(await call(s, a, "counter")) == 1  # a starts over (c's child was idle longest)
+        assert bridge_metric(s, "child_stops_total", reason="evicted") >= stops + 2
+        assert bridge_metric(s, "children") == 2
+
+        # both children busy: a third principal is refused, with a reason
+        async with (
+            session(s, a) as (ca, _),
+            session(s, b) as (cb, _),
+            session(s, c) as (cc, _),  # initialize answers from the capabilities known already
+            anyio.create_task_group() as tg,
+        ):
+            in_flight = [anyio.Event(), anyio.Event()]
+            for client, event in zip((ca, cb), in_flight, strict=True):
+
+                async def on_progress(progress, total, message, event=event):
+                    event.set()  # the child is working on the call: its first progress arrived
+
+                args = {"n": 1, "interval_ms": 1500}
+                tg.start_soon(
+                    functools.partial(client.call_tool, "slow", args, progress_callback=on_progress)
+                )
+            with anyio.fail_after(10):
+                for event in in_flight:
+                    await event.wait()
+            with pytest.raises(MCPError) as refused:
+                await cc.call_tool("counter", {})
+            assert "bridge.max_children" in str(refused.value)
+        assert bridge_metric(s, "refused_total", reason="max_children") >= 1
+
+    anyio.run(go)
+
+
+def test_idle_children_are_reaped(bridges, issuer):
+    s = bridges.reap  # bridge.idle_timeout: 0.5
+    tok = token(issuer, s, fresh("idle"))
+
+    async def go():
+        return value(await call(s, tok, "pid"))
+
+    first = anyio.run(go)
+    wait_for(
+        lambda: [x for x in events(s, "bridge_child_stopped") if (x["pid"], x["reason"]) == (first, "idle")],
+        10,
+        "the idle child to be stopped",
+    )
+    wait_for(lambda: bridge_metric(s, "children") == 0, 5, "no child left")
+    with pytest.raises(ProcessLookupError):
+        os.kill(first, 0)
+    assert anyio.run(go) != first
+
+
+# ------------------------------------------------------------------------------------ containment
+
+
+def test_a_crash_mid_call_errors_that_call_and_the_next_one_succeeds(bridges, issuer):
+    s = bridges.pp
+    tok = token(issuer, s, fresh("crash"))
+
+    async def go():
+        async with session(s, tok) as (c, _):
+            before = value(await c.call_tool("pid", {}))
+            with pytest.raises(MCPError) as crashed:
+                await c.call_tool("crash", {})
+            assert "exited (code 3)" in str(crashed.value)
+            after = value(await c.call_tool("pid", {}))  # same session: a new child behind it
+            assert after != before
+            return before
+
+    pid = anyio.run(go)
+    assert [x for x in events(s, "bridge_child_exited") if x.get("pid") == pid and x.get("exit_code") == 3]
+    assert bridge_metric(s, "child_restarts_total", reason="exited") >= 1
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "what"),
+    [
+        ("junk", {}, "not a JSON-RPC 2.0 message"),
+        ("huge", {"size": 200_000}, "longer than 65536 bytes"),
+        ("flood", {"count": 5000}, "more than 500 lines in a second"),
+    ],
+)
+def test_a_child_breaking_the_protocol_is_killed_logged_and_replaced(bridges, issuer, tool, args, what):
+    s = bridges.pp
+    tok = token(issuer, s, fresh(tool))
+
+    async def go():
+        async with session(s, tok) as (c, _):
+            before = value(await c.call_tool("pid", {}))
+            started = time.monotonic()
+            with pytest.raises(MCPError) as broken:
+                await c.call_tool(tool, args)
+            assert time.monotonic() - started < 10  # contained, not hung until the call timeout
+            assert "broke the protocol" in str(broken.value) and what in str(broken.value)
+            assert value(await c.call_tool("pid", {})) != before
+            return before
+
+    pid = anyio.run(go)
+    lines = [x for x in events(s, "bridge_child_protocol_error") if x.get("pid") == pid]
+    assert len(lines) == 1 and lines[0]["server"] == "bridge-pp" and what in lines[0]["message"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert bridge_metric(s, "child_restarts_total", reason="protocol_error") >= 1
+
+
+def test_the_childs_stderr_goes_to_the_log_not_to_the_client(bridges, issuer):
+    s = bridges.pp
+    marker = fresh("stderr-marker")
+
+    async def go():
+        return await call(s, token(issuer, s, fresh("stderr")), "shout", {"text": marker})
+
+    res = anyio.run(go)
+    assert value(res) == "shouted" and marker not in json.dumps(res.model_dump(mode="json"))
+    line = wait_for(
+        lambda: [x for x in events(s, "bridge_child_stderr") if x["message"] == marker], 5, "the stderr line"
+    )
+    assert line[0]["server"] == "bridge-pp" and line[0]["pid"]
+
+
+# ------------------------------------------------------------------------------------ shutdown
+
+
+def test_shutdown_stops_the_children(workdir, redis_srv, issuer):
+    s = proc(workdir, "bridge-stop", bridge_env(redis_srv, issuer, "bridge-stop", BRIDGE_STOP_TIMEOUT="1"))
+    with running(s):
+        tok = token(issuer, s, fresh("stop"))
+
+        async def go():
+            return value(await call(s, tok, "pid"))
+
+        pid = anyio.run(go)
+        assert s.stop() in (0, -15)  # uvicorn re-raises the SIGTERM it drained for
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    stopped = [x for x in events(s, "bridge_child_stopped") if x.get("pid") == pid]
+    assert stopped and stopped[0]["reason"] == "shutdown"
+
+
+# ------------------------------------------------------------------------------------ a published server
+
+
+EVERYTHING = "@modelcontextprotocol/server-everything@2026.8.31"
+
+
+@pytest.mark.published
+def test_published_npm_server_everything_through_the_bridge(tmp_path, redis_srv, issuer):
+    """A real published stdio server: installed with npm (no install scripts), run with node."""
+    import shutil
+    import subprocess
+
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        pytest.skip("npm and node are not on PATH: the published server cannot be installed")
+    prefix = tmp_path / "everything"
+    prefix.mkdir()
+    done = subprocess.run(
+        [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", str(prefix), EVERYTHING],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = prefix / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+    env = bridge_env(redis_srv, issuer, "everything", BRIDGE_COMMAND=json.dumps([node, str(entry), "stdio"]))
+    env["BRIDGE_ENV"] = "{}"
+    s = proc(tmp_path, "everything", env)
+    with running(s):
+
+        async def go():
+            async with session(s, token(issuer, s, fresh("npm"))) as (c, init):
+                assert init.capabilities.tools is not None
+                names = {t.name for t in (await c.list_tools()).tools}
+                assert "echo" in names, names
+                echoed = await c.call_tool("echo", {"message": "through the bridge"})
+                assert not echoed.is_error
+                assert "through the bridge" in echoed.content[0].text
+
+        anyio.run(go)
