@@ -47,6 +47,12 @@ all:
           redis_bind_addresses: ["-::1", "127.0.0.1", "fd00::5"]
   hosts:
     ghost: {ansible_host: ghost.example.com}
+    app3:
+      ansible_host: 10.0.0.13
+      time_version: "2025.9.25"
+      mcp_server_servers:
+        - {name: notes, kind: python, ports: [8000], default: true}
+        - {name: time, kind: stdio, pypi: "mcp-server-time=={{ time_version }}", ports: [8100]}
     localhost: {}
 """
 
@@ -73,6 +79,8 @@ PLAYBOOK = """
             'redis_on_db': 'db1' | mcpops.deploy.redis_url(hostvars, 'db1', scheme='rediss'),
             'redis_plain_on_db': 'db1' | mcpops.deploy.redis_url(hostvars, 'db1', scheme='redis'),
             'redis_tls': 'db1' | mcpops.deploy.redis_tls(hostvars),
+            'servers_legacy': hostvars['app1'] | mcpops.deploy.mcp_servers,
+            'servers_listed': hostvars['app3'] | mcpops.deploy.mcp_servers,
             'ip_address': samples | select('mcpops.deploy.ip_address') | list,
             'ip_network': samples | select('mcpops.deploy.ip_network') | list,
             'dns_name': samples | select('mcpops.deploy.dns_name') | list,
@@ -114,6 +122,10 @@ def test_plugins_in_a_playbook(tmp_path):
         {"host": "app1", "address": "127.0.0.1", "port": 8001, "route": "app1-8001", **tls},
         {"host": "app2", "address": "app2.example.com", "port": 8100, "route": "app2-8100", **tls},
     ]
+    # mcp_servers reads one host's variables as Ansible templates them (the pin comes from a variable).
+    assert [(s["name"], s["ports"]) for s in got["servers_legacy"]] == [("mcp", [8000, 8001])]
+    time_pin = {"name": "mcp-server-time", "version": "2025.9.25"}
+    assert [s["package"] for s in got["servers_listed"]] == [{}, time_pin]
     # The groups keyword wins over the hostvars' copy: one host, plain.
     assert [i["tls"] for i in got["instances_one_host"]] == [False, False]
     assert got["addresses"] == {
