@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -144,6 +145,17 @@ def inputs_key(a: argparse.Namespace) -> str:
     return digest.hexdigest()[:24]
 
 
+def trust_extra_cas(ca_files: list[str], work: Path) -> None:
+    """Make uv and pip trust the package index's extra CAs besides the usual roots: one bundle of
+    both, named by SSL_CERT_FILE (uv) and PIP_CERT (pip)."""
+    base = os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().openssl_cafile
+    parts = [Path(base).read_text()] if base and Path(base).is_file() else []
+    parts += [Path(os.path.expanduser(f)).read_text() for f in ca_files]
+    bundle = work / "ca-bundle.pem"
+    bundle.write_text("\n".join(parts))
+    os.environ["SSL_CERT_FILE"] = os.environ["PIP_CERT"] = str(bundle)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cache", required=True, type=Path)
@@ -154,6 +166,9 @@ def main() -> int:
     p.add_argument("--package", action="append", default=[])
     p.add_argument("--index-url", default="")
     p.add_argument("--local-only", action="store_true", help="hosts get third-party wheels from the index")
+    p.add_argument(
+        "--ca-file", action="append", default=[], help="extra CA certificate trusted for the index"
+    )
     a = p.parse_args()
 
     pyver = a.python_version
@@ -172,6 +187,8 @@ def main() -> int:
         local, wheels, scratch = work / "local", work / "wheels", work / "scratch"
         for d in (local, wheels, scratch):
             d.mkdir()
+        if a.ca_file:
+            trust_extra_cas(a.ca_file, work)
         requirements: list[str] = []
         for item in [str(a.source), *a.package]:
             path = Path(os.path.expanduser(item))
