@@ -41,7 +41,7 @@ from pathlib import Path
 
 # Part of every release id: bump it when the wheelhouse's layout or selection rules change, so
 # cached wheelhouses built by older rules are never reused.
-FORMAT = b"wheelhouse-2\n"
+FORMAT = b"wheelhouse-3\n"
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can carry
 IGNORE = shutil.ignore_patterns(
     ".git",
@@ -221,13 +221,19 @@ def main() -> int:
         compile_args += ["--python-platform", f"{a.arch}-manylinux_{a.manylinux}", "--find-links", str(local)]
         run([*uv_command(), *compile_args, *index, "-o", str(lock), str(req_in)])
         # The hosts' lock names local packages by version (found in the wheelhouse); only the
-        # third-party lines are downloaded.
+        # third-party lines are downloaded. When the hosts also reach an index (--local-only), a
+        # version is not enough: pip would take a same-named, same-versioned wheel from the index
+        # just as well (dependency confusion), so they are named by their file in the wheelhouse
+        # (relative: the role installs from the wheelhouse directory).
+        local_files = {wheel_name_version(w)[0]: w.name for w in local_wheels}
         host_lines, download_lines = [], []
         for line in lock.read_text().splitlines():
             name = re.sub(r"[-_.]+", "-", re.split(r"[\s=@;<>!~\[]", line.strip(), maxsplit=1)[0]).lower()
             if not name or line.lstrip().startswith("#"):
                 continue
-            if name in local_versions:
+            if name in local_versions and a.local_only:
+                host_lines.append(f"./wheels/{local_files[name]}")
+            elif name in local_versions:
                 host_lines.append(f"{name}=={local_versions[name]}")
             else:
                 host_lines.append(line.strip())
