@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """A throwaway package index for the `alternative` scenario, served from the controller over HTTPS.
 
-    package_index.py build --wheelhouse TAR --root DIR [--exclude NAME]...
+    package_index.py build --wheelhouse TAR --root DIR [--exclude NAME]... [--decoy]
     package_index.py start --root DIR --bind ADDR --port N --cert C --key K --pid F --log F
     package_index.py stop --pid F
 
 build: a PEP 503 "simple" tree (DIR/simple/<project>/index.html linking DIR/files/<wheel> with its
 sha256) from the wheels of a wheelhouse tarball (roles/mcp_server/files/wheelhouse.py), leaving out
-the given projects (the server itself, which the hosts get from the wheelhouse).
+the given projects (the server itself, which the hosts get from the wheelhouse). With --decoy the
+index serves, in place of each left-out project, a decoy wheel of the same name and version whose
+package only says DECOY = True: a host that installs it took the index's copy over the wheelhouse's
+(dependency confusion).
 start: serves DIR over HTTPS in a detached process, writes its pid, returns once it accepts
 connections; one access-log line per request (client address, method, path, status) in --log.
 stop: ends the process of the pid file. Each prints one JSON object with "changed".
@@ -16,6 +19,7 @@ stop: ends the process of the pid file. Each prints one JSON object with "change
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import hashlib
 import html
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 
@@ -39,6 +44,27 @@ def normalize(name: str) -> str:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def decoy_wheel(filename: str, dest: Path) -> None:
+    """A minimal, valid wheel with the same name, version and tags as filename: <pkg>/__init__.py
+    holding DECOY = True. Fixed timestamps, so the bytes are the same on every run."""
+    dist, version = filename.split("-")[:2]
+    info = f"{dist}-{version}.dist-info"
+    files = {
+        f"{dist}/__init__.py": b"DECOY = True\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: package_index.py\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    with zipfile.ZipFile(dest, "w") as whl:
+        for name, data in files.items():
+            whl.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def build(a: argparse.Namespace) -> dict:
@@ -55,6 +81,11 @@ def build(a: argparse.Namespace) -> dict:
                 continue
             project = normalize(name.split("-")[0])
             if project in exclude:
+                if a.decoy:
+                    if not (files / name).is_file():
+                        decoy_wheel(name, files / name)
+                        changed = True
+                    projects.setdefault(project, []).append(name)
                 continue
             dest = files / name
             if not dest.is_file():
@@ -151,6 +182,7 @@ def main() -> int:
     b.add_argument("--wheelhouse", required=True)
     b.add_argument("--root", required=True)
     b.add_argument("--exclude", action="append", default=[])
+    b.add_argument("--decoy", action="store_true", help="serve a decoy in place of each excluded project")
     for name in ("start", "serve"):
         s = sub.add_parser(name)
         s.add_argument("--root", required=True)

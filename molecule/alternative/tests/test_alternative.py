@@ -276,10 +276,20 @@ def test_the_release_came_from_the_index(alt, address):
     assert not missing, f"installed but never fetched from the index by {address}: {missing}\n" + "\n".join(
         log[-20:]
     )
-    # pip asks the index about every requirement, the server too (it then takes the server from the
-    # wheelhouse): that one 404 is expected; any other answer but 200 is not.
     lookups = [p for p in from_host if p[2] == "GET"]
-    refused = [p for p in lookups if p[-1] != "200" and p[3] != "/simple/mcpops-server/"]
+    refused = [p for p in lookups if p[-1] != "200"]
     assert lookups and not refused, f"requests of the host the index did not answer with 200: {refused}"
+
+
+def test_the_server_came_from_the_wheelhouse_not_the_index_decoy(alt, address):
+    # The index serves a decoy mcpops-server of the same version (prepare.yml): the host must never
+    # fetch it, and the installed package must be the controller's build.
+    log = (ALT_DIR / "index" / "access.log").read_text().splitlines()
+    decoys = [line for line in log if f" {address} GET /files/mcpops_server-" in line]
+    assert not decoys, f"the host fetched the index's decoy server: {decoys}"
+    py = "/opt/mcpops/current/venv/bin/python"
+    marker = alt.run(f"{py} -c 'import mcpops_server; print(getattr(mcpops_server, \"DECOY\", False))'")
+    assert marker.rc == 0 and marker.stdout.strip() == "False", marker.stdout + marker.stderr
+    assert alt.run("/opt/mcpops/current/venv/bin/mcpops-server --version").rc == 0
     pip_check = alt.run("/opt/mcpops/current/venv/bin/python -m pip check --disable-pip-version-check")
     assert pip_check.rc == 0, pip_check.stdout + pip_check.stderr
