@@ -259,7 +259,12 @@ def test_the_extra_ca_is_in_the_host_store(alt):
 
 def test_the_release_came_from_the_index(alt, address):
     lock = alt.run("cat /opt/mcpops/current/wheelhouse/lock.txt").stdout.splitlines()
-    names = [re.split(r"[=<>!~;\s\[@]", line.strip(), maxsplit=1)[0].lower() for line in lock if line.strip()]
+    # The controller's own builds are named by file (./wheels/...), the third-party packages by version.
+    names = [
+        re.split(r"[=<>!~;\s\[@]", line.strip(), maxsplit=1)[0].lower()
+        for line in lock
+        if line.strip() and not line.startswith("./wheels/")
+    ]
     third_party = [name for name in names if name != "mcpops-server"]
     assert third_party, lock
     # The wheelhouse copied from the controller holds only the server itself.
@@ -287,6 +292,8 @@ def test_the_server_came_from_the_wheelhouse_not_the_index_decoy(alt, address):
     log = (ALT_DIR / "index" / "access.log").read_text().splitlines()
     decoys = [line for line in log if f" {address} GET /files/mcpops_server-" in line]
     assert not decoys, f"the host fetched the index's decoy server: {decoys}"
+    lock = alt.run("cat /opt/mcpops/current/wheelhouse/lock.txt").stdout.splitlines()
+    assert [line for line in lock if line.startswith("./wheels/mcpops_server-")], lock
     py = "/opt/mcpops/current/venv/bin/python"
     marker = alt.run(f"{py} -c 'import mcpops_server; print(getattr(mcpops_server, \"DECOY\", False))'")
     assert marker.rc == 0 and marker.stdout.strip() == "False", marker.stdout + marker.stderr
