@@ -27,7 +27,10 @@ description:
     C(mcp_servers), C(mcp_lb) and C(monitoring) together are more than one host, clients of the
     instances (nginx, Prometheus) come from other hosts, and every instance serves TLS with its host's
     certificate from the pki role (verified against the deployment CA). On a one-host deployment
-    they stay plain on loopback. A host's own C(mcp_server_tls_enabled) (bool) wins.
+    they stay plain on loopback. A host's own C(mcp_server_tls_enabled) (bool) wins, and a host with
+    its own certificate files (C(mcp_server_tls_cert_file)) always serves TLS with them, as the
+    mcp_server role configures it. Clients verify them against the deployment CA, nginx by C(tls_name)
+    and Prometheus by the host's inventory name, so such a certificate must name both.
   - The groups are read from O(groups) when given, else from the hostvars of O(from_host) (or of the
     first input host), which carry the C(groups) magic variable.
 positional: _input, hostvars, from_host
@@ -90,7 +93,8 @@ _value:
       description:
         - True when the instance serves TLS with its host's certificate (/etc/mcpops/pki/host.crt);
           clients verify it against /etc/mcpops/pki/ca.crt and the name in RV(_value[].tls_name).
-        - The host's C(mcp_server_tls_enabled) when set, else true exactly when the hosts of the groups
+        - True when the host has C(mcp_server_tls_cert_file) (the instances serve those files), else the
+          host's C(mcp_server_tls_enabled) when set, else true exactly when the hosts of the groups
           C(mcp_servers), C(mcp_lb) and C(monitoring) together are more than one.
       type: bool
     tls_name:
@@ -159,7 +163,12 @@ def mcp_instances(hosts, hostvars, from_host=None, groups=None):
     result = []
     for host in hosts:
         hv = hostvars[host]
-        tls = _as_bool(hv["mcp_server_tls_enabled"]) if "mcp_server_tls_enabled" in hv else spans_hosts
+        if hv.get("mcp_server_tls_cert_file"):
+            tls = True  # the mcp_server role serves the user's files whatever else is set
+        elif "mcp_server_tls_enabled" in hv:
+            tls = _as_bool(hv["mcp_server_tls_enabled"])
+        else:
+            tls = spans_hosts
         tls_name = str(hv.get("mcp_server_tls_name") or DEFAULT_TLS_NAME)
         listen = str(hv.get("mcp_server_listen_address") or "")
         if host == from_host:

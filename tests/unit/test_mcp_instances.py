@@ -150,6 +150,20 @@ def test_a_hosts_explicit_switch_wins():
     assert got[0]["tls"] is False
 
 
+def test_a_host_with_its_own_certificate_files_serves_tls():
+    # The mcp_server role serves mcp_server_tls_cert_file whenever it is set, so nginx and Prometheus
+    # must speak TLS to it even on a one-host deployment (found by the alternative scenario).
+    files = {"mcp_server_tls_cert_file": "/srv/tls.crt", "mcp_server_tls_key_file": "/srv/tls.key"}
+    got = mcp_instances(["app1"], {"app1": files}, "app1", groups=ONE_HOST_GROUPS)
+    assert got[0]["tls"] is True
+    got = mcp_instances(
+        ["app1"], {"app1": dict(files, mcp_server_tls_enabled=False)}, "lb", groups=CLUSTER_GROUPS
+    )
+    assert got[0]["tls"] is True
+    got = mcp_instances(["app1"], {"app1": {"mcp_server_tls_cert_file": ""}}, "app1", groups=ONE_HOST_GROUPS)
+    assert got[0]["tls"] is False
+
+
 def test_groups_are_read_from_the_hostvars_of_from_host_then_of_the_first_host():
     # Ansible's hostvars carry the groups magic variable for every host.
     hostvars = {"lb": {"groups": CLUSTER_GROUPS}, "app1": {}, "app2": {}}

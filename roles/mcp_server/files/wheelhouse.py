@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -40,7 +41,7 @@ from pathlib import Path
 
 # Part of every release id: bump it when the wheelhouse's layout or selection rules change, so
 # cached wheelhouses built by older rules are never reused.
-FORMAT = b"wheelhouse-2\n"
+FORMAT = b"wheelhouse-3\n"
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can carry
 IGNORE = shutil.ignore_patterns(
     ".git",
@@ -144,6 +145,17 @@ def inputs_key(a: argparse.Namespace) -> str:
     return digest.hexdigest()[:24]
 
 
+def trust_extra_cas(ca_files: list[str], work: Path) -> None:
+    """Make uv and pip trust the package index's extra CAs besides the usual roots: one bundle of
+    both, named by SSL_CERT_FILE (uv) and PIP_CERT (pip)."""
+    base = os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().openssl_cafile
+    parts = [Path(base).read_text()] if base and Path(base).is_file() else []
+    parts += [Path(os.path.expanduser(f)).read_text() for f in ca_files]
+    bundle = work / "ca-bundle.pem"
+    bundle.write_text("\n".join(parts))
+    os.environ["SSL_CERT_FILE"] = os.environ["PIP_CERT"] = str(bundle)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cache", required=True, type=Path)
@@ -154,6 +166,9 @@ def main() -> int:
     p.add_argument("--package", action="append", default=[])
     p.add_argument("--index-url", default="")
     p.add_argument("--local-only", action="store_true", help="hosts get third-party wheels from the index")
+    p.add_argument(
+        "--ca-file", action="append", default=[], help="extra CA certificate trusted for the index"
+    )
     a = p.parse_args()
 
     pyver = a.python_version
@@ -172,6 +187,8 @@ def main() -> int:
         local, wheels, scratch = work / "local", work / "wheels", work / "scratch"
         for d in (local, wheels, scratch):
             d.mkdir()
+        if a.ca_file:
+            trust_extra_cas(a.ca_file, work)
         requirements: list[str] = []
         for item in [str(a.source), *a.package]:
             path = Path(os.path.expanduser(item))
@@ -204,13 +221,19 @@ def main() -> int:
         compile_args += ["--python-platform", f"{a.arch}-manylinux_{a.manylinux}", "--find-links", str(local)]
         run([*uv_command(), *compile_args, *index, "-o", str(lock), str(req_in)])
         # The hosts' lock names local packages by version (found in the wheelhouse); only the
-        # third-party lines are downloaded.
+        # third-party lines are downloaded. When the hosts also reach an index (--local-only), a
+        # version is not enough: pip would take a same-named, same-versioned wheel from the index
+        # just as well (dependency confusion), so they are named by their file in the wheelhouse
+        # (relative: the role installs from the wheelhouse directory).
+        local_files = {wheel_name_version(w)[0]: w.name for w in local_wheels}
         host_lines, download_lines = [], []
         for line in lock.read_text().splitlines():
             name = re.sub(r"[-_.]+", "-", re.split(r"[\s=@;<>!~\[]", line.strip(), maxsplit=1)[0]).lower()
             if not name or line.lstrip().startswith("#"):
                 continue
-            if name in local_versions:
+            if name in local_versions and a.local_only:
+                host_lines.append(f"./wheels/{local_files[name]}")
+            elif name in local_versions:
                 host_lines.append(f"{name}=={local_versions[name]}")
             else:
                 host_lines.append(line.strip())
