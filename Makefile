@@ -12,13 +12,14 @@ export ANSIBLE_FORCE_COLOR := 0
 MOLECULE_DISTRO ?= debian12
 export MOLECULE_DISTRO
 
-.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-debian13 bench bench-converge bench-edge bench-scaleout clean
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-alternative molecule-debian13 bench bench-converge bench-edge bench-scaleout clean
 
 help:
 	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
-	@echo "make test     lint, unit tests, collection build/install test, molecule scenarios default and cluster"
+	@echo "make test     lint, unit tests, collection build/install test, molecule scenarios default, cluster and alternative"
 	@echo "make setup    prepare this machine (venv, docker engine, base images); run by demo and test"
 	@echo "make molecule-debian13   the default scenario on Debian 13"
+	@echo "make molecule-alternative   the paths no other scenario takes (one Debian 13 host)"
 	@echo "make bench    the server benchmark (bench/), printed as ratios"
 	@echo "make bench-converge   converge speed of site.yml against a no-Ansible floor"
 	@echo "make bench-edge       what nginx adds: proxy overhead, streaming delay, 1000 open streams (one-host lab)"
@@ -46,7 +47,7 @@ unit: setup
 collection: setup
 	pytest -q tests/collection
 
-molecule: molecule-default molecule-cluster
+molecule: molecule-default molecule-cluster molecule-alternative
 
 molecule-default: setup
 	molecule test -s default
@@ -55,6 +56,13 @@ molecule-default: setup
 # shipping and monitoring.
 molecule-cluster: setup
 	molecule test -s cluster
+
+# One Debian 13 host along the paths no other scenario takes: nginx with your certificate files,
+# Redis on its unix socket only, instances serving TLS themselves, stateless, no firewall, and a
+# package index with a CA of its own served from the controller during the test (about 5 min).
+ALTERNATIVE_DISTRO ?= debian13
+molecule-alternative: setup
+	MOLECULE_DISTRO=$(ALTERNATIVE_DISTRO) molecule test -s alternative
 
 molecule-debian13:
 	$(MAKE) molecule-default MOLECULE_DISTRO=debian13
