@@ -382,6 +382,15 @@ def build_pypi(a: argparse.Namespace, name: str, version: str, work: Path, out_d
 # npm
 
 
+def native_addons(project: Path) -> list[str]:
+    """Paths (relative to project) of every binding.gyp and .node file under node_modules."""
+    return sorted(
+        str(p.relative_to(project))
+        for p in (project / "node_modules").rglob("*")
+        if (p.name == "binding.gyp" or p.suffix == ".node") and not p.is_dir()
+    )
+
+
 def build_npm(a: argparse.Namespace, name: str, version: str, work: Path, out_dir: Path) -> dict:
     npm = npm_command()
     exact = tuple(int(x) for x in a.node_version.split(".")) if a.node_version else None
@@ -395,11 +404,7 @@ def build_npm(a: argparse.Namespace, name: str, version: str, work: Path, out_di
     cmd += [f"--registry={a.registry}"] if a.registry else []
     run(cmd, cwd=project)
     modules = project / "node_modules"
-    native = sorted(
-        str(p.relative_to(project))
-        for p in modules.rglob("*")
-        if (p.name == "binding.gyp" or p.suffix == ".node") and not p.is_dir()
-    )
+    native = native_addons(project)
     if native:
         shown = ", ".join(native[:5]) + (" ..." if len(native) > 5 else "")
         raise Refused(
