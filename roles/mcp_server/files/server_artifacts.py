@@ -60,7 +60,8 @@ PYPI_PIN = re.compile(
     r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
     r"(?P<extras>\[[A-Za-z0-9._,\s-]+\])?\s*==\s*(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*)$"
 )
-NPM_NAME = r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*"
+# Lower case since 2017; older packages (JSONStream) keep their capitals.
+NPM_NAME = r"(?:@[A-Za-z0-9~-][A-Za-z0-9._~-]*/)?[A-Za-z0-9~-][A-Za-z0-9._~-]*"
 SEMVER = r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
 NPM_PIN = re.compile(rf"^(?P<name>{NPM_NAME})@(?P<version>{SEMVER})$")
 NPM_ARCH = {"x86_64": "x64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64", "s390x": "s390x"}
@@ -271,7 +272,7 @@ def member_digest(members: list[tuple[str, Path]], digest) -> None:
 
 
 def deterministic_tar(members: list[tuple[str, Path]], dest: Path) -> None:
-    tmp = dest.with_suffix(".tmp")
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # two runs for one release never share it
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for arcname, path in sorted(members):
             info = tarfile.TarInfo(arcname)
@@ -541,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     answer["sha256"] = sha256(Path(answer["tarball"]))
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.with_suffix(".tmp").write_text(json.dumps(answer))
-    memo.with_suffix(".tmp").replace(memo)
+    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(answer))
+    tmp.replace(memo)
     print(json.dumps(answer))
     return 0
 
