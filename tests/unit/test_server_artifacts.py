@@ -394,6 +394,17 @@ def test_npm_dependency_engines_are_reported_and_refused_when_strict(npm, cache)
 
 
 @needs_npm
+def test_npm_stdio_path_needs_no_dependency_that_excludes_the_target_node(npm, tmp_path):
+    """The controller runs node 20, the Debian 12 target node 18: with every dependency whose
+    engines exclude node 18 removed, the server still answers over stdio, so it never loads them."""
+    prefix = extract(npm["tarball"], tmp_path / "release")
+    for m in npm["engine_mismatches"]:
+        shutil.rmtree(prefix / "node_modules" / m["package"])
+    session = stdio_session(at(prefix, npm["command"]), env=no_network_env())
+    assert "echo" in session["tools"]
+
+
+@needs_npm
 def test_npm_package_whose_engines_exclude_the_target_is_refused(cache):
     # @hono/node-server 2.x (a dependency of the MCP SDK) asks for node >= 20.
     args = ("--cache", str(cache), "--npm", "@hono/node-server@2.1.9", "--node-major", "18")
