@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,10 @@ from conftest import (
     LAB_DIR,
     NETWORK,
     PUBLIC_NAME,
-    REPO,
     controller_script,
     journal,
     mint_token,
+    run_playbook,
     wait_until,
 )
 
@@ -64,13 +63,9 @@ def _inventory() -> Path:
     return Path(raw)
 
 
-def run_playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
-    """playbooks/<name> from the controller with the repo's ansible.cfg (as conftest.run_site)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_INJECT_FACT_VARS="false")
-    env.setdefault("MCPOPS_LAB_DIR", str(LAB_DIR))
-    exe = Path(sys.executable).with_name("ansible-playbook")
-    argv = [str(exe), "-i", str(_inventory()), str(REPO / "playbooks" / name), *extra]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    """playbooks/<name> on this suite's inventory (conftest.run_playbook)."""
+    return run_playbook(name, _inventory(), *extra, timeout=600)
 
 
 def _output(res: subprocess.CompletedProcess) -> str:
@@ -180,7 +175,7 @@ def backup(tmp_path_factory, data) -> Backup:
 
     run_id_before = info(data, "run_id")
     assert run_id_before, f"Redis does not answer the admin user; journal:\n{journal(data, REDIS_UNIT)}"
-    res = run_playbook("backup.yml", "-e", f"redis_backup_dir={root}", "-e", "redis_backup_keep=2")
+    res = playbook("backup.yml", "-e", f"redis_backup_dir={root}", "-e", "redis_backup_keep=2")
     assert res.returncode == 0, _output(res)
     new = sorted(p.name for p in folder.glob("*.rdb") if not p.name.startswith(f"redis-{ROLES['data']}-2000"))
     assert len(new) == 1, f"expected one new backup in {folder}: {sorted(p.name for p in folder.iterdir())}"
@@ -227,7 +222,7 @@ def test_a_corrupt_backup_is_refused_and_redis_keeps_serving(backup, data, tmp_p
     files = f"cd {DATA_DIR} && stat -c '%n %i' appendonlydir appendonlydir/*.manifest; ls -d replaced-*"
     before = data.run(files).stdout
     for name, why in ((mismatch, "checksum mismatch"), (broken, "redis-check-rdb failed")):
-        res = run_playbook(
+        res = playbook(
             "restore.yml", "-e", f"redis_backup_dir={tmp_path}", "-e", f"redis_restore_backup={name}"
         )
         assert res.returncode != 0, f"restore of the corrupt {name} succeeded:\n{_output(res)}"
@@ -248,7 +243,7 @@ def test_restore_brings_the_notes_back_after_the_data_is_wiped(backup, data):
     wait_until(lambda: info(data, "loading") == "0", timeout=30, what="Redis answering after the wipe")
     wait_for_titles(backup.token, backup.marker, set(), "the notes gone after the wipe")
 
-    res = run_playbook("restore.yml", "-e", f"redis_backup_dir={backup.root}")  # the newest backup
+    res = playbook("restore.yml", "-e", f"redis_backup_dir={backup.root}")  # the newest backup
     assert res.returncode == 0, _output(res)
     assert f"restored {backup.name}" in " ".join(res.stdout.split()), _output(res)
     wait_for_titles(backup.token, backup.marker, backup.titles, "the restored notes through the MCP server")
