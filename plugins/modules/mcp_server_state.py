@@ -40,6 +40,13 @@ options:
     type: list
     elements: path
     default: []
+  port_inputs:
+    description:
+      - Files only some instances read, by port (a server's own configuration and unit drop-in when a
+        host runs several servers). An instance's fingerprint covers I(inputs) and its own files.
+    type: dict
+    default: {}
+    version_added: 0.3.0
   state_dir:
     description: Directory of the per-instance stamps, one file per port.
     type: path
@@ -81,6 +88,10 @@ other_releases:
 fingerprint:
   description: sha256 over the release and the sha256 of each input file.
   type: str
+  returned: always
+fingerprints:
+  description: The fingerprint of each configured port (keys are ports as strings); its stamp must equal it.
+  type: dict
   returned: always
 outdated:
   description: Configured ports whose instance must be (re)started.
@@ -140,11 +151,21 @@ def instances(module):
     p = module.params
     ports = [int(x) for x in p["ports"]]
     if not ports:
-        return {"fingerprint": "", "outdated": [], "removed": [], "active": {}}
+        return {"fingerprint": "", "fingerprints": {}, "outdated": [], "removed": [], "active": {}}
     fp = hashlib.sha256(p["release"].encode())
     for path in p["inputs"]:
         fp.update(f"\n{path} {file_digest(path)}".encode())
     fingerprint = fp.hexdigest()
+    own = {int(k): v for k, v in (p["port_inputs"] or {}).items()}
+    fingerprints = {}
+    for port in ports:
+        if own.get(port):
+            pfp = fp.copy()
+            for path in own[port]:
+                pfp.update(f"\n{path} {file_digest(path)}".encode())
+            fingerprints[port] = pfp.hexdigest()
+        else:
+            fingerprints[port] = fingerprint
     prefix = p["unit_prefix"]
     units = [f"{prefix}{port}.service" for port in ports]
     rc, out, err = module.run_command(["systemctl", "is-active", *units])
@@ -155,7 +176,8 @@ def instances(module):
     outdated = [
         port
         for port in ports
-        if active[port] != "active" or read_stamp(os.path.join(p["state_dir"], str(port))) != fingerprint
+        if active[port] != "active"
+        or read_stamp(os.path.join(p["state_dir"], str(port))) != fingerprints[port]
     ]
     seen = set()
     rc, out, err = module.run_command(
@@ -172,6 +194,7 @@ def instances(module):
     removed = sorted(seen - set(ports))
     return {
         "fingerprint": fingerprint,
+        "fingerprints": {str(k): v for k, v in fingerprints.items()},
         "outdated": outdated,
         "removed": removed,
         "active": {str(k): v for k, v in active.items()},
@@ -186,6 +209,7 @@ def main():
             "current_link": {"type": "path", "default": "/opt/mcpops/current"},
             "ports": {"type": "list", "elements": "int", "default": []},
             "inputs": {"type": "list", "elements": "path", "default": []},
+            "port_inputs": {"type": "dict", "default": {}},
             "state_dir": {"type": "path", "default": "/opt/mcpops/state"},
             "unit_prefix": {"type": "str", "default": "mcpops-server@"},
         },
