@@ -12,14 +12,15 @@ export ANSIBLE_FORCE_COLOR := 0
 MOLECULE_DISTRO ?= debian12
 export MOLECULE_DISTRO
 
-.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-alternative molecule-debian13 bench bench-converge bench-edge bench-scaleout clean
+.PHONY: help setup demo demo-clean test lint unit collection molecule molecule-default molecule-cluster molecule-alternative molecule-servers molecule-one-host molecule-debian13 bench bench-converge bench-edge bench-scaleout clean
 
 help:
 	@echo "make demo     deploy the whole stack into one local Debian 12 container and call it over MCP"
-	@echo "make test     lint, unit tests, collection build/install test, molecule scenarios default, cluster and alternative"
+	@echo "make test     lint, unit tests, collection build/install test, molecule scenarios default, cluster, alternative and servers"
 	@echo "make setup    prepare this machine (venv, docker engine, base images); run by demo and test"
 	@echo "make molecule-debian13   the default scenario on Debian 13"
 	@echo "make molecule-alternative   the paths no other scenario takes (one Debian 13 host)"
+	@echo "make molecule-servers   three MCP servers (reference, PyPI stdio, npm stdio) on one host behind one nginx"
 	@echo "make bench    the server benchmark (bench/), printed as ratios"
 	@echo "make bench-converge   converge speed of site.yml against a no-Ansible floor"
 	@echo "make bench-edge       what nginx adds: proxy overhead, streaming delay, 1000 open streams (one-host lab)"
@@ -47,7 +48,8 @@ unit: setup
 collection: setup
 	pytest -q tests/collection
 
-molecule: molecule-default molecule-cluster molecule-alternative
+# alternative and servers have one host and a network each: they run side by side.
+molecule: molecule-default molecule-cluster molecule-one-host
 
 molecule-default: setup
 	molecule test -s default
@@ -63,6 +65,15 @@ molecule-cluster: setup
 ALTERNATIVE_DISTRO ?= debian13
 molecule-alternative: setup
 	MOLECULE_DISTRO=$(ALTERNATIVE_DISTRO) molecule test -s alternative
+
+# One Debian 12 host running three MCP servers behind one nginx (mcp_server_servers): the
+# reference toolset, a stdio server from PyPI and one from npm, each bridged, sandboxed and routed
+# at /<name>/mcp (about 8 min).
+molecule-servers: setup
+	molecule test -s servers
+
+molecule-one-host: setup
+	scripts/molecule-parallel alternative servers
 
 molecule-debian13:
 	$(MAKE) molecule-default MOLECULE_DISTRO=debian13
