@@ -5,12 +5,16 @@ token for server A gets 401 on server B"; "progress notifications stream from a 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import anyio
 import pytest
 from conftest import (
+    CA_CERT,
     DEFAULT_SERVER,
+    DEFAULT_TESTS,
     INITIALIZE,
     PUBLIC_NAME,
     SERVERS,
@@ -59,6 +63,26 @@ def test_tools_list_and_a_call_on_each_server(address, server):
     assert TOOLS[server] in names and CALLS[server][0] in names, f"{server}: tools/list gave {sorted(names)}"
     assert not result.is_error, f"{server}: {result}"
     assert CALLS[server][2] in text_of(result), f"{server}: {text_of(result)[:500]}"
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_the_sdk_current_client_on_each_server(address, server):
+    """mcp_probe.py: the SDK's `Client`, which negotiates the current (sessionless) revision, as
+    today's clients do; the tests above use ClientSession (the 2025 handshake, session-owned)."""
+    tool, args, expected = CALLS[server]
+    argv = [sys.executable, str(DEFAULT_TESTS / "mcp_probe.py"), url(SERVERS[server]["path"])]
+    argv += ["--resolve", f"{PUBLIC_NAME}:{address}", "--ca", str(CA_CERT), "--list"]
+    argv += ["--token", token_for(server, f"edge-current-{server}"), "--call", tool, json.dumps(args)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = (
+        json.loads(res.stdout.strip().splitlines()[-1])
+        if res.stdout.strip()
+        else {"stderr": res.stderr[-2000:]}
+    )
+    assert out.get("ok"), f"{server}: {out}"
+    assert TOOLS[server] in out["tools"], out["tools"]
+    call = out["calls"][0]
+    assert not call["is_error"] and expected in call["text"] + json.dumps(call["structured"]), call
 
 
 def test_the_default_server_also_answers_at_mcp(address):
