@@ -159,9 +159,8 @@ def test_only_the_state_directory_is_writable(srv, server):
     ]
     for path in others:
         res = touch(path)
-        assert res.rc != 0 and "Read-only file system" in res.stderr, (
-            f"{unit(port)} can write {path}: {res.stderr}"
-        )
+        # Read-only (ProtectSystem=strict) or hidden altogether; the same probe wrote the state directory.
+        assert res.rc != 0, f"{unit(port)} can write {path}"
 
 
 def can_read(srv, user: str, path: str) -> bool:
