@@ -264,10 +264,14 @@ def process_user(srv, pid: int) -> str:
 
 
 def cgroup_dir(srv, pid: int) -> str:
-    """The cgroup (v2) directory of a process, as the host's cgroup namespace (cgroupns host) names it."""
-    line = srv.check_output(f"cat /proc/{pid}/cgroup").strip().splitlines()[0]
-    assert line.startswith("0::"), f"not cgroup v2: {line}"
-    return "/sys/fs/cgroup" + line[3:]
+    """The unified (v2) cgroup directory of a process, as the host's cgroup namespace (cgroupns host)
+    names it: under /sys/fs/cgroup on a pure v2 machine, /sys/fs/cgroup/unified on a hybrid one (the
+    lab's machines are hybrid; systemd's IPAddressAllow/Deny programs sit on the unified hierarchy)."""
+    line = next(x for x in srv.check_output(f"cat /proc/{pid}/cgroup").splitlines() if x.startswith("0::"))
+    pure = srv.file("/sys/fs/cgroup/cgroup.controllers").exists
+    path = ("/sys/fs/cgroup" if pure else "/sys/fs/cgroup/unified") + line[3:]
+    assert srv.file(path + "/cgroup.procs").exists, f"no cgroup.procs in {path}"
+    return path
 
 
 def lab_secret(name: str) -> str:
