@@ -6,7 +6,11 @@ The tests copy this file into a host and run it with the deployed virtualenv's P
 installing anywhere. It uses only the SDK and the standard library.
 
     mcp_probe.py URL [--token T | --token-file F] [--ca CA.pem] [--host-header NAME]
-                 [--request-id ID] [--list] [--call NAME JSON_ARGS]... [--timeout S]
+                 [--resolve NAME:ADDRESS] [--request-id ID] [--list] [--call NAME JSON_ARGS]...
+                 [--timeout S]
+
+--resolve connects to ADDRESS whenever the URL's host is NAME (as curl's --resolve): the request
+keeps `Host: NAME` and the TLS handshake names and verifies NAME, as a client with DNS would.
 
 One session runs initialize, then tools/list (with --list), then each --call in order. The output
 is one JSON object:
@@ -39,6 +43,21 @@ def _text(result: Any) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text")
 
 
+def resolve_hook(name: str, address: str) -> Any:
+    """An httpx2 request hook that sends requests for `name` to `address` (curl's --resolve).
+
+    The Host header stays `name` and the TLS handshake names and verifies `name` (sni_hostname),
+    so the server's certificate is checked for the public name while no DNS is needed.
+    """
+
+    async def hook(request: httpx2.Request) -> None:
+        if request.url.host == name:
+            request.url = request.url.copy_with(host=address)
+            request.extensions = {**request.extensions, "sni_hostname": name}
+
+    return hook
+
+
 def _recorder(events: list[dict[str, Any]], start: float) -> Any:
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         events.append({"t": round(time.monotonic() - start, 4), "progress": progress, "total": total})
@@ -64,9 +83,11 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
             session_ids.append(sid)
 
     out: dict[str, Any] = {"ok": False, "url": args.url}
-    http = httpx2.AsyncClient(
-        verify=verify, headers=headers, timeout=args.timeout, event_hooks={"response": [remember_session]}
-    )
+    hooks: dict[str, list[Any]] = {"response": [remember_session]}
+    if args.resolve:
+        name, _, address = args.resolve.partition(":")
+        hooks["request"] = [resolve_hook(name, address)]
+    http = httpx2.AsyncClient(verify=verify, headers=headers, timeout=args.timeout, event_hooks=hooks)
     async with http, Client(streamable_http_client(args.url, http_client=http)) as client:
         info = client.server_info
         out["protocol_version"] = client.protocol_version
@@ -102,6 +123,7 @@ def main() -> int:
     p.add_argument("--token-file")
     p.add_argument("--ca", help="CA certificate file to verify an https URL against")
     p.add_argument("--host-header", help="Host header to send (the public name when connecting by address)")
+    p.add_argument("--resolve", help="NAME:ADDRESS: connect to ADDRESS for URLs on NAME (TLS verifies NAME)")
     p.add_argument("--request-id", help="X-Request-ID to send with every request (log correlation)")
     p.add_argument("--list", action="store_true", help="run tools/list")
     p.add_argument("--call", nargs=2, action="append", metavar=("NAME", "JSON"), help="tools/call (repeat)")

@@ -5,6 +5,7 @@
                    [--workers 4] [--rate 5] [--calls-per-session 25] [--streams 1]
                    [--stream-n 10] [--stream-interval-ms 300] [--max-seconds 900]
                    [--client legacy|current] [--tool count|notes] [--slow 1.5] [--status-file P]
+                   [--call NAME [--call-args JSON]] [--resolve NAME:ADDRESS]
 
 Runs beside a playbook or a fault drill and reports what the clients saw. Each of --workers opens a
 session with the SDK's ClientSession (the session-based revision: the instance that minted the
@@ -18,7 +19,10 @@ so no worker meets another's rate limit).
 --client current uses the SDK's `Client`, which negotiates the sessionless revision: every request
 stands alone and any instance serves it. --tool notes calls `notes_add` instead of `slow_count` and
 remembers every note the server acknowledged; once stopped, each worker reads its notes back with
-`notes_get` (the same principal) and reports the ones missing.
+`notes_get` (the same principal) and reports the ones missing. --call NAME (with --call-args, a JSON
+object) calls that tool instead of `slow_count`, for servers other than the reference toolset (give
+--streams 0 there: the event streams call `slow_count`). --resolve NAME:ADDRESS connects to ADDRESS
+for URLs on NAME, with `Host: NAME` and TLS verified for NAME (mcp_probe.py's resolve_hook).
 
 Nothing is retried: a call that raises or returns an error counts as failed. The load stops once
 --stop-file exists (calls in progress finish) or after --max-seconds, and prints one JSON object:
@@ -43,6 +47,7 @@ from typing import Any
 import httpx2
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp_probe import resolve_hook  # beside this file (run as a script on the controller)
 
 
 class Tally:
@@ -112,7 +117,9 @@ async def worker(args: argparse.Namespace, token: str, verify: Any, tally: Tally
         tally.progress += 1
 
     def client_http() -> httpx2.AsyncClient:
-        hooks = {"response": [remember]}
+        hooks: dict[str, list[Any]] = {"response": [remember]}
+        if args.resolve:
+            hooks["request"] = [resolve_hook(*args.resolve.split(":", 1))]
         return httpx2.AsyncClient(verify=verify, headers=headers, timeout=30, event_hooks=hooks)
 
     what = "stream" if stream else "call"
@@ -139,6 +146,9 @@ async def worker(args: argparse.Namespace, token: str, verify: Any, tally: Tally
                         result = await client.call_tool("notes_add", {"title": title, "body": "load"})
                         if not result.is_error and isinstance(result.structured_content, dict):
                             acked.append(int(result.structured_content["id"]))
+                    elif args.call:
+                        tally.calls += 1
+                        result = await client.call_tool(args.call, json.loads(args.call_args))
                     else:
                         tally.calls += 1
                         result = await client.call_tool("slow_count", {"n": 1, "interval_ms": 0})
@@ -235,6 +245,9 @@ if __name__ == "__main__":
     p.add_argument("--tool", choices=("count", "notes"), default="count")
     p.add_argument("--slow", type=float, default=1.5, help="report calls that take this long (s)")
     p.add_argument("--status-file", help="file that holds the number of calls made so far (every 5th)")
+    p.add_argument("--call", help="tool to call instead of slow_count (with --call-args)")
+    p.add_argument("--call-args", default="{}", help="JSON object of arguments for --call")
+    p.add_argument("--resolve", help="NAME:ADDRESS: connect to ADDRESS for URLs on NAME (TLS verifies NAME)")
     parsed = p.parse_args()
     lines = [t for t in Path(parsed.token_file).read_text(encoding="utf-8").split() if t]
     print(json.dumps(asyncio.run(main(parsed, lines))))
