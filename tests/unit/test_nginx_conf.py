@@ -13,29 +13,25 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import render_role
 
 ROOT = Path(__file__).resolve().parents[2]
-COLLECTIONS = ROOT / ".cache" / "collections"
 DATA = ROOT / "tests" / "unit" / "data" / "nginx"
 NGINX_ROLE = ROOT / "roles" / "nginx"
 
-# A role that has the nginx role's defaults, vars and templates and only renders nginx.conf: for the
-# load balancer running it, with every app host in rotation (all.conf) and with each one out.
-RENDER_TASKS = """---
-- name: Create the output directory
-  ansible.builtin.file:
-    path: "{{ render_out }}/{{ inventory_hostname }}"
-    state: directory
-    mode: "0755"
+# For the load balancer running it: nginx.conf with every app host in rotation (all.conf) and with
+# each one out, as tasks/rotation_prepare.yml renders them.
+RENDER_TASKS = """
 - name: Render nginx.conf with every app host in rotation
   ansible.builtin.template:
     src: "{{ render_src }}"
     dest: "{{ render_out }}/{{ inventory_hostname }}/all.conf"
     mode: "0644"
+  vars:
+    __nginx_http2_directive: false
 - name: Render nginx.conf with one app host out of rotation
   ansible.builtin.template:
     src: "{{ render_src }}"
@@ -45,17 +41,8 @@ RENDER_TASKS = """---
   loop_control:
     loop_var: __nginx_rotation_host
   vars:
+    __nginx_http2_directive: false
     __nginx_rotation_out: ["{{ __nginx_rotation_host }}"]
-"""
-
-PLAYBOOK = """---
-- name: Render nginx.conf for the load balancers
-  hosts: mcp_lb
-  gather_facts: false
-  roles:
-    - role: render
-      vars:
-        __nginx_http2_directive: false
 """
 
 # The example inventory's shape (one load balancer, two app hosts: TLS to the instances) with several
@@ -91,52 +78,17 @@ all:
 
 def render(tmp_path: Path, inventory: Path, src: Path | None = None) -> dict[str, str]:
     """Every rendered file of the inventory's load balancers, by "<lb>/<file>"."""
-    assert (COLLECTIONS / "ansible_collections" / "mcpops" / "deploy").exists(), "run scripts/setup.sh first"
-    role = tmp_path / "roles" / "render"
-    (role / "tasks").mkdir(parents=True)
-    (role / "tasks" / "main.yml").write_text(RENDER_TASKS)
-    for part in ("defaults", "vars"):
-        (role / part).mkdir()
-        (role / part / "main.yml").symlink_to(NGINX_ROLE / part / "main.yml")
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_ROLES_PATH": str(tmp_path / "roles"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            "play.yml",
-            "-e",
-            "ansible_connection=local",
-            "-e",
-            "ansible_python_interpreter={{ ansible_playbook_python }}",
-            "-e",
-            f"render_out={out}",
-            "-e",
-            f"render_src={src or NGINX_ROLE / 'templates' / 'nginx.conf.j2'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {str(f.relative_to(out)): f.read_text() for f in sorted(out.rglob("*.conf"))}
+    src = src or NGINX_ROLE / "templates" / "nginx.conf.j2"
+    return render_role(tmp_path, "nginx", inventory, "mcp_lb", RENDER_TASKS, [f"render_src={src}"])
 
 
 @pytest.mark.parametrize("inventory", ["local", "example"])
 def test_a_legacy_single_server_inventory_renders_byte_for_byte_as_before(tmp_path, inventory):
     got = render(tmp_path, ROOT / "inventories" / inventory)
-    expected = {str(f.relative_to(DATA / inventory)): f.read_text() for f in sorted((DATA / inventory).rglob("*.conf"))}
+    expected = {
+        str(f.relative_to(DATA / inventory)): f.read_text()
+        for f in sorted((DATA / inventory).rglob("*.conf"))
+    }
     assert expected, f"no reference renderings in {DATA / inventory}"
     assert sorted(got) == sorted(expected)
     for name, text in expected.items():
@@ -196,10 +148,14 @@ def test_several_servers_get_an_upstream_map_and_location_each(tmp_path):
         assert "limit_req zone=mcpops_req burst=200 nodelay;" in loc and "limit_conn mcpops_conn" in loc
         assert f"set $mcpops_route $mcpops_upstream_{var};" in loc
         assert f"proxy_pass https://$mcpops_upstream_{var}/mcp$is_args$args;" in loc
-        meta = _block(conf.replace("\n\t\t}", "\n\t}"), f"location = /.well-known/oauth-protected-resource/{name}/mcp")
+        meta = _block(
+            conf.replace("\n\t\t}", "\n\t}"), f"location = /.well-known/oauth-protected-resource/{name}/mcp"
+        )
         assert f"proxy_pass https://mcpops_{var}_all;" in meta
     # the default server (notes) also at /mcp and the root metadata
-    assert "proxy_pass https://$mcpops_upstream_notes;" in _block(conf.replace("\n\t\t}", "\n\t}"), "location ~ ^/mcp/?$")
+    assert "proxy_pass https://$mcpops_upstream_notes;" in _block(
+        conf.replace("\n\t\t}", "\n\t}"), "location ~ ^/mcp/?$"
+    )
     assert "proxy_pass https://mcpops_notes_all;" in _block(
         conf.replace("\n\t\t}", "\n\t}"), "location ^~ /.well-known/oauth-protected-resource"
     )
@@ -268,8 +224,24 @@ def test_several_servers_pass_nginx_t(tmp_path, default):
     shutil.copy(etc / "mime.types", work / "mime.types")
     key, crt = work / "host.key", work / "host.crt"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-subj", "/CN=mcp.example.com", "-days", "1", "-keyout", str(key), "-out", str(crt)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=mcp.example.com",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ],
         check=True,
         capture_output=True,
     )
@@ -283,7 +255,9 @@ def test_several_servers_pass_nginx_t(tmp_path, default):
             .replace("/run/nginx.pid", f"{work}/nginx.pid")
             .replace("user www-data;", "")
             # the binary's compiled-in temporary directories may not exist here
-            .replace("\nhttp {\n", "\nhttp {\n" + "".join(f"\t{t}_temp_path {work}/{t};\n" for t in TEMP_PATHS), 1)
+            .replace(
+                "\nhttp {\n", "\nhttp {\n" + "".join(f"\t{t}_temp_path {work}/{t};\n" for t in TEMP_PATHS), 1
+            )
         )
         path = work / (name.replace("/", "_"))
         path.write_text(conf)
