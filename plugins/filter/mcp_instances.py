@@ -17,9 +17,13 @@ version_added: "0.1.0"
 short_description: MCP server instances of hosts, with address, port and route id
 description:
   - Input is a list of inventory host names (for example C(groups['mcp_servers'])).
-  - Each host contributes one entry per port in its C(mcp_server_ports). While a host still sets the
-    deprecated C(mcp_server_instances), that is used instead (the mcp_server role follows the same
-    rule); when it defines neither, the default C([8000]) (the mcp_server role's default).
+  - Each host contributes one entry per instance. A host whose C(mcp_server_servers) is a non-empty list
+    (several servers per endpoint) contributes the C(ports) of every server, servers in the list's order;
+    the list is validated by the filter C(mcpops.deploy.mcp_servers) in the preflight, not here.
+  - Without that list the host runs the one legacy server C(mcp), the default server, on the ports in
+    its C(mcp_server_ports). While a host still sets the deprecated C(mcp_server_instances), that is used
+    instead (the mcp_server role follows the same rule); when it defines neither, the default C([8000])
+    (the mcp_server role's default).
   - The route id is the host's name reduced to letters and digits (a long name is shortened and made
     distinct with a hash), a dash and the port. Every MCP session id an instance mints starts with its
     route id, which is how nginx sends follow-up requests to the same instance.
@@ -65,6 +69,9 @@ nginx_upstreams: "{{ groups['mcp_servers'] | mcpops.deploy.mcp_instances(hostvar
 # nginx: https with proxy_ssl_name when the instances serve TLS
 upstream_tls: "{{ nginx_upstreams | map(attribute='tls') | unique }}"   # [true], [false] or a mix
 
+# The servers behind the load balancers, in the order first seen (nginx: one upstream and location each)
+server_names: "{{ nginx_upstreams | map(attribute='server') | unique | list }}"
+
 # The ports this host runs
 my_ports: >-
   {{ [inventory_hostname] | mcpops.deploy.mcp_instances(hostvars, inventory_hostname)
@@ -86,6 +93,19 @@ _value:
     port:
       description: TCP port of the instance.
       type: int
+    server:
+      description:
+        - Name of the MCP server the instance serves (the C(name) of its item of C(mcp_server_servers)),
+          C(mcp) for a host without that list. nginx routes C(/<server>/mcp) to the instances of a server.
+      type: str
+      version_added: "0.3.0"
+    default:
+      description:
+        - True when the instance's server is its host's default server (C(default) of the item of
+          C(mcp_server_servers)), the one nginx also serves at C(/mcp). Always true for the legacy server
+          C(mcp).
+      type: bool
+      version_added: "0.3.0"
     route:
       description: Route id, the prefix of the instance's MCP session ids.
       type: str
@@ -112,6 +132,8 @@ WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, never bound to)
 # means some connection crosses hosts, so every instance serves TLS.
 TLS_GROUPS = ("mcp_servers", "mcp_lb", "monitoring")
 DEFAULT_TLS_NAME = "mcpops-server.internal"
+# The server of a host without mcp_server_servers (the mcp_servers filter names it the same).
+LEGACY_SERVER = "mcp"
 
 
 def route_id(host: str, port: int) -> str:
@@ -129,6 +151,19 @@ def host_ports(hv) -> list:
     if "mcp_server_ports" in hv:
         return hv["mcp_server_ports"]
     return DEFAULT_PORTS
+
+
+def host_servers(hv) -> list[tuple[str, bool, list]]:
+    """A host's servers as (name, default, ports): the items of a non-empty mcp_server_servers list in
+    its order, else the one legacy server "mcp" (the default) on host_ports(). The items are taken as
+    given; the mcp_servers filter validates them in the preflight."""
+    servers = hv.get("mcp_server_servers") if "mcp_server_servers" in hv else None
+    if isinstance(servers, list) and servers:
+        return [
+            (str(item["name"]), _as_bool(item.get("default", False)), list(item.get("ports") or []))
+            for item in servers
+        ]
+    return [(LEGACY_SERVER, True, list(host_ports(hv)))]
 
 
 def _as_bool(value) -> bool:
@@ -177,17 +212,20 @@ def mcp_instances(hosts, hostvars, from_host=None, groups=None):
             address = listen
         else:
             address = hv.get("ansible_host") or host
-        for port in host_ports(hv):
-            result.append(
-                {
-                    "host": host,
-                    "address": str(address),
-                    "port": int(port),
-                    "route": route_id(host, port),
-                    "tls": tls,
-                    "tls_name": tls_name,
-                }
-            )
+        for server, default, ports in host_servers(hv):
+            for port in ports:
+                result.append(
+                    {
+                        "host": host,
+                        "address": str(address),
+                        "port": int(port),
+                        "route": route_id(host, port),
+                        "tls": tls,
+                        "tls_name": tls_name,
+                        "server": server,
+                        "default": default,
+                    }
+                )
     return result
 
 

@@ -13,6 +13,9 @@ _spec = importlib.util.spec_from_file_location("mcp_instances", ROOT / "plugins/
 plugin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(plugin)
 mcp_instances = plugin.mcp_instances
+_servers_spec = importlib.util.spec_from_file_location("mcp_servers", ROOT / "plugins/filter/mcp_servers.py")
+servers_plugin = importlib.util.module_from_spec(_servers_spec)
+_servers_spec.loader.exec_module(servers_plugin)
 
 
 def test_default_ports_match_the_mcp_server_role():
@@ -35,6 +38,8 @@ def test_one_host_reaches_its_own_instances_over_loopback():
             "route": f"mcp1examplecom-{port}",
             "tls": False,
             "tls_name": "mcpops-server.internal",
+            "server": "mcp",
+            "default": True,
         }
         for port in (8000, 8001)
     ]
@@ -182,3 +187,52 @@ def test_no_hosts_no_instances():
 
 def test_the_filter_is_registered_under_its_file_name():
     assert plugin.FilterModule().filters() == {"mcp_instances": mcp_instances}
+
+
+def test_legacy_server_name_matches_the_mcp_servers_filter():
+    assert plugin.LEGACY_SERVER == servers_plugin.LEGACY_NAME == "mcp"
+
+
+SERVERS = [
+    {"name": "notes", "kind": "python", "ports": [8000, 8001], "default": True},
+    {"name": "time", "kind": "stdio", "pypi": "mcp-server-time==2025.9.25", "ports": ["8100"]},
+]
+
+
+def test_a_server_list_gives_every_servers_ports_in_list_order_with_its_name():
+    hostvars = {"app1": {"mcp_server_servers": SERVERS, "mcp_server_ports": [9000]}}
+    got = mcp_instances(["app1"], hostvars, "lb")
+    assert [(i["server"], i["default"], i["port"], i["route"]) for i in got] == [
+        ("notes", True, 8000, "app1-8000"),
+        ("notes", True, 8001, "app1-8001"),
+        ("time", False, 8100, "app1-8100"),
+    ]
+    # ports are ints (an inventory may template them into strings); mcp_server_ports is not read
+    assert all(isinstance(i["port"], int) for i in got)
+
+
+def test_a_server_list_wins_over_the_deprecated_instances_and_matches_mcp_servers():
+    hv = {"mcp_server_servers": SERVERS, "mcp_server_instances": [9000]}
+    got = mcp_instances(["app1"], {"app1": hv}, "lb")
+    expected = [(s["name"], s["default"], p) for s in servers_plugin.mcp_servers(hv) for p in s["ports"]]
+    assert [(i["server"], i["default"], i["port"]) for i in got] == expected
+
+
+@pytest.mark.parametrize("servers", [None, [], ""])
+def test_without_a_server_list_the_legacy_rule_holds(servers):
+    hv = {"mcp_server_instances": [8100], "mcp_server_ports": [8000]}
+    if servers is not None:
+        hv["mcp_server_servers"] = servers
+    got = mcp_instances(["app1"], {"app1": hv}, "lb")
+    assert [(i["server"], i["default"], i["port"]) for i in got] == [("mcp", True, 8100)]
+
+
+def test_hosts_with_and_without_a_server_list_mix_in_host_order():
+    hostvars = {"app1": {"mcp_server_servers": SERVERS}, "app2": {}}
+    got = mcp_instances(["app2", "app1"], hostvars, "lb")
+    assert [(i["host"], i["server"], i["port"]) for i in got] == [
+        ("app2", "mcp", 8000),
+        ("app1", "notes", 8000),
+        ("app1", "notes", 8001),
+        ("app1", "time", 8100),
+    ]

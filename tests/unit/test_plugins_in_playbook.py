@@ -81,6 +81,7 @@ PLAYBOOK = """
             'redis_tls': 'db1' | mcpops.deploy.redis_tls(hostvars),
             'servers_legacy': hostvars['app1'] | mcpops.deploy.mcp_servers,
             'servers_listed': hostvars['app3'] | mcpops.deploy.mcp_servers,
+            'instances_listed': ['app3'] | mcpops.deploy.mcp_instances(hostvars, 'lb1'),
             'ip_address': samples | select('mcpops.deploy.ip_address') | list,
             'ip_network': samples | select('mcpops.deploy.ip_network') | list,
             'dns_name': samples | select('mcpops.deploy.dns_name') | list,
@@ -116,7 +117,7 @@ def test_plugins_in_a_playbook(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads(out.read_text())
     # mcp_servers (app1, app2) and mcp_lb (lb1) are three hosts: TLS, read from the real hostvars' groups.
-    tls = {"tls": True, "tls_name": "mcpops-server.internal"}
+    tls = {"tls": True, "tls_name": "mcpops-server.internal", "server": "mcp", "default": True}
     assert got["instances"] == [
         {"host": "app1", "address": "127.0.0.1", "port": 8000, "route": "app1-8000", **tls},
         {"host": "app1", "address": "127.0.0.1", "port": 8001, "route": "app1-8001", **tls},
@@ -126,6 +127,11 @@ def test_plugins_in_a_playbook(tmp_path):
     assert [(s["name"], s["ports"]) for s in got["servers_legacy"]] == [("mcp", [8000, 8001])]
     time_pin = {"name": "mcp-server-time", "version": "2025.9.25"}
     assert [s["package"] for s in got["servers_listed"]] == [{}, time_pin]
+    # mcp_instances reads the same list through real hostvars: every server's ports, named.
+    assert [(i["server"], i["default"], i["port"]) for i in got["instances_listed"]] == [
+        ("notes", True, 8000),
+        ("time", False, 8100),
+    ]
     # The groups keyword wins over the hostvars' copy: one host, plain.
     assert [i["tls"] for i in got["instances_one_host"]] == [False, False]
     assert got["addresses"] == {
