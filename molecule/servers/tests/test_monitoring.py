@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from urllib.parse import urlsplit
 
-from conftest import SERVERS, journal, wait_until
+from conftest import SERVERS, journal, unit, wait_until
 
 OWNER = {port: name for name, s in SERVERS.items() for port in s["ports"]}
 
@@ -41,3 +42,19 @@ def test_a_target_per_instance_labelled_with_its_server_all_up(srv):
     assert sorted(by_port) == sorted(OWNER), sorted(by_port)
     for port, t in by_port.items():
         assert t["labels"].get("server") == OWNER[port], f"port {port}: labels {t['labels']}"
+
+
+def test_every_log_line_of_an_instance_names_its_server(srv):
+    """The JSON lines of each server's first instance carry "server": <name> (they share one journal)."""
+    for name, s in SERVERS.items():
+        port = s["ports"][0]
+        out = srv.run(f"journalctl -u {unit(port)} -o cat --no-pager -n 200").stdout
+        lines = []
+        for raw in out.splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(raw)
+                if isinstance(record, dict):
+                    lines.append(record)
+        assert lines, f"{unit(port)}: no JSON log line\n{out[-2000:]}"
+        wrong = [r for r in lines if r.get("server") != name]
+        assert not wrong, f"{unit(port)}: lines without server={name}: {wrong[:3]}"
