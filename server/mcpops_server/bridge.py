@@ -58,6 +58,7 @@ import anyio
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
+from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, metrics
@@ -91,6 +92,50 @@ _STDERR_CHUNK = 65536
 _PROGRESS_QUEUED_MAX = 256  # progress notifications waiting for a slow client; more are dropped
 _CANCEL_REASON = "cancelled by the client, or bridge.call_timeout passed"
 _ENV_PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+# The 2026-07-28 per-request envelope: _meta keys under this prefix (protocol version, client info,
+# client capabilities, log level) and the multi-round-trip fields. A child that negotiated a
+# handshake-era version at initialize refuses a request carrying them (the SDK's runner answers
+# "this connection serves the handshake protocol era"), and knows none of them anyway.
+_ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"
+_MODERN_ONLY_PARAMS = ("inputResponses", "requestState")
+
+
+def params_for_child(params: Mapping[str, Any] | None, child_version: str | None) -> dict[str, Any] | None:
+    """The client's params as the child's era has them: for a child that negotiated a handshake-era
+    version, without the 2026-07-28 envelope (reserved ``_meta`` keys, multi-round-trip fields).
+    Everything else (arguments, cursor, progressToken, other ``_meta`` keys) passes unchanged."""
+    if params is None:
+        return None
+    out = dict(params)
+    if child_version in MODERN_PROTOCOL_VERSIONS:
+        return out
+    for key in _MODERN_ONLY_PARAMS:
+        out.pop(key, None)
+    meta = out.get("_meta")
+    if isinstance(meta, Mapping):
+        kept = {k: v for k, v in meta.items() if not str(k).startswith(_ENVELOPE_META_PREFIX)}
+        if kept:
+            out["_meta"] = kept
+        else:
+            del out["_meta"]
+    return out
+
+
+def result_for_client(method: str, result: Mapping[str, Any], version: str | None) -> dict[str, Any]:
+    """The child's result as the HTTP client's era has it. A 2026-07-28 client gets the fields that
+    revision requires and a handshake-era child does not send: ``resultType`` (a forwarded answer is
+    complete: the bridge has no multi-round-trip flow) and, on the cacheable methods, ``ttlMs: 0``
+    and ``cacheScope: private`` (nothing says the child's answer is the same for every caller, nor
+    for how long). A handshake-era client gets the result unchanged; the SDK's per-version sieve
+    drops what its revision does not know either way."""
+    out = dict(result)
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        return out
+    out.setdefault("resultType", "complete")
+    if method in CACHEABLE_METHODS:
+        out.setdefault("ttlMs", 0)
+        out.setdefault("cacheScope", "private")
+    return out
 
 
 def child_environment(settings: BridgeSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -144,6 +189,7 @@ class _Child:
         self.ended: str | None = None  # why the child is gone, once it is
         self.stopping = False  # we stop it: its exit is no failure
         self.init_result: dict[str, Any] = {}
+        self.protocol_version: str | None = None  # what the child negotiated at initialize
         self.tasks: list[asyncio.Task[Any]] = []
         self.window = (0, 0)  # (second, stdout lines in it): the flood bound
 
@@ -188,6 +234,8 @@ class _Child:
         try:
             with anyio.fail_after(settings.startup_timeout):
                 self.init_result = await self._request_raw("initialize", params)
+            version = self.init_result.get("protocolVersion")
+            self.protocol_version = version if isinstance(version, str) else LATEST_HANDSHAKE_VERSION
             await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         except (TimeoutError, ChildGone, MCPError, OSError) as exc:
             why = (
@@ -444,7 +492,7 @@ class _Child:
         self.next_id += 1
         msg_id = self.next_id
         call = _Call()
-        out_params = dict(params) if params is not None else None
+        out_params = params_for_child(params, self.protocol_version)
         meta = out_params.get("_meta") if out_params is not None else None
         if isinstance(meta, dict) and "progressToken" in meta:
             meta = dict(meta)
@@ -693,7 +741,8 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
                 if ctx.method == method
                 else params.model_dump(by_alias=True, exclude_none=True, mode="json")
             )
-            return await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
+            result = await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
+            return result_for_client(method, result, getattr(ctx, "protocol_version", None))
 
         return forward
 
