@@ -58,6 +58,7 @@ import anyio
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
@@ -121,13 +122,16 @@ def params_for_child(params: Mapping[str, Any] | None, child_version: str | None
     return out
 
 
-def result_for_client(method: str, result: Mapping[str, Any], version: str | None) -> dict[str, Any]:
+def result_for_client(
+    method: str, result: Mapping[str, Any], version: str | None, server_info: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The child's result as the HTTP client's era has it. A 2026-07-28 client gets the fields that
     revision requires and a handshake-era child does not send: ``resultType`` (a forwarded answer is
     complete: the bridge has no multi-round-trip flow) and, on the cacheable methods, ``ttlMs: 0``
     and ``cacheScope: private`` (nothing says the child's answer is the same for every caller, nor
-    for how long). A handshake-era client gets the result unchanged; the SDK's per-version sieve
-    drops what its revision does not know either way."""
+    for how long), and ``server_info`` as the ``_meta`` serverInfo stamp (the child's version, as
+    the handshake's serverInfo has it). A handshake-era client gets the result unchanged; the SDK's
+    per-version sieve drops what its revision does not know either way."""
     out = dict(result)
     if version not in MODERN_PROTOCOL_VERSIONS:
         return out
@@ -135,6 +139,9 @@ def result_for_client(method: str, result: Mapping[str, Any], version: str | Non
     if method in CACHEABLE_METHODS:
         out.setdefault("ttlMs", 0)
         out.setdefault("cacheScope", "private")
+    meta = out.get("_meta")
+    if server_info is not None and (meta is None or isinstance(meta, Mapping)):
+        out["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: dict(server_info)}
     return out
 
 
@@ -742,7 +749,8 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
                 else params.model_dump(by_alias=True, exclude_none=True, mode="json")
             )
             result = await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
-            return result_for_client(method, result, getattr(ctx, "protocol_version", None))
+            version = getattr(ctx, "protocol_version", None)
+            return result_for_client(method, result, version, server_info())
 
         return forward
 
@@ -757,12 +765,19 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
                 message if isinstance(message, str) else None,
             )
 
+    def server_info() -> dict[str, str]:
+        """This server's name and the child's version: what the handshake's serverInfo says."""
+        info = pool.init_result.get("serverInfo")
+        version = info.get("version") if isinstance(info, dict) else None
+        return {"name": name, "version": version if isinstance(version, str) else __version__}
+
     async def discover(ctx: Any, _params: Any) -> types.DiscoverResult:
         await pool.child(pool.key(_principal(ctx)))
         return types.DiscoverResult(
             supported_versions=list(MODERN_PROTOCOL_VERSIONS),
             capabilities=types.ServerCapabilities.model_validate(pool.capabilities or {}),
             instructions=pool.init_result.get("instructions"),
+            _meta={SERVER_INFO_META_KEY: server_info()},
         )
 
     server: Server[Any] = Server(name, version=__version__)
