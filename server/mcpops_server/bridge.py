@@ -28,6 +28,16 @@ of the bridge's (``_Child.next_id``) and a progress token of the bridge's, mappe
 child answers. A client's cancellation (the SDK cancels the handler) becomes
 ``notifications/cancelled`` to the child; so does ``bridge.call_timeout``.
 
+Protocol eras: the bridge initializes each child with the handshake, so a child speaks the
+handshake-era version it negotiated there, whichever era the HTTP client speaks. A client of the
+sessionless 2026-07-28 revision (the SDK's current ``Client``) connects with ``server/discover``
+(answered here, from the first child's initialize result) and sends each request in an envelope
+(``io.modelcontextprotocol/*`` keys in ``_meta``); ``params_for_child`` takes the envelope off before
+the child sees it (an SDK child refuses an enveloped request on a handshake connection), and
+``result_for_client`` adds to the child's result what that revision requires (``resultType``; on
+the cacheable methods ``ttlMs: 0`` and ``cacheScope: private``) and the serverInfo stamp with the
+child's version. A handshake-era client gets the child's result as it came.
+
 Containment: a line on stdout that is not a JSON-RPC 2.0 message object, a line longer than
 ``bridge.max_line_bytes``, or more than ``bridge.max_messages_per_second`` lines in a second: one
 log line (``bridge_child_protocol_error``, with the server's name and the child's pid), the

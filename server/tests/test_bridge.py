@@ -236,6 +236,22 @@ def test_the_current_client_gets_progress_before_the_result(bridges, issuer):
     anyio.run(go)
 
 
+def test_the_current_clients_cancellation_reaches_the_child(bridges, issuer):
+    s = bridges.pp
+
+    async def go():
+        async with client(s, token(issuer, s, fresh("modern-cancel"))) as c:
+            assert value(await c.call_tool("cancelled", {})) == 0
+            with anyio.move_on_after(1):
+                await c.call_tool("wait", {"seconds": 30})
+            deadline = time.monotonic() + 10
+            while value(await c.call_tool("cancelled", {})) != 1:
+                assert time.monotonic() < deadline, "the child never saw the cancellation"
+                await anyio.sleep(0.05)
+
+    anyio.run(go)
+
+
 def test_the_envelope_is_translated_per_era():
     """What a child and a client of either era get (no processes: the two translations alone)."""
     meta = {
