@@ -254,6 +254,7 @@ def test_the_current_clients_cancellation_reaches_the_child(bridges, issuer):
 
 def test_the_envelope_is_translated_per_era():
     """What a child and a client of either era get (no processes: the two translations alone)."""
+    client_info = "io.modelcontextprotocol/clientInfo"
     meta = {
         "progressToken": 7,
         "io.modelcontextprotocol/protocolVersion": LATEST_MODERN_VERSION,
@@ -269,7 +270,21 @@ def test_the_envelope_is_translated_per_era():
     assert params["_meta"] is meta and len(meta) == 6  # the client's params are not changed
     only_envelope = {"_meta": {k: v for k, v in meta.items() if k.startswith("io.")}}
     assert params_for_child(only_envelope, "2024-11-05") == {}
-    assert params_for_child(params, LATEST_MODERN_VERSION) == params
+    # a child of the 2026-07-28 revision: the bridge's envelope instead of the client's
+    modern = params_for_child(params, LATEST_MODERN_VERSION)
+    assert modern == {
+        **params,
+        "_meta": {
+            **kept,
+            "io.modelcontextprotocol/protocolVersion": LATEST_MODERN_VERSION,
+            "io.modelcontextprotocol/clientInfo": {
+                "name": "mcpops-bridge",
+                "version": modern["_meta"][client_info]["version"],
+            },
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    }
+    assert params_for_child(None, LATEST_MODERN_VERSION)["_meta"][client_info]["name"] == "mcpops-bridge"
     assert params_for_child(None, LATEST_HANDSHAKE_VERSION) is None
 
     tools = {"tools": [], "nextCursor": "n", "_meta": {"k": 1}}
@@ -286,6 +301,16 @@ def test_the_envelope_is_translated_per_era():
     }
     called = result_for_client("tools/call", {"content": [], "isError": True}, LATEST_MODERN_VERSION, info)
     assert called["resultType"] == "complete" and "cacheScope" not in called and called["isError"] is True
+    # a 2026-07-28 child's result for a handshake-era client: no reserved _meta keys, no input_required
+    stamped = {"tools": [], "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: info}}
+    assert result_for_client("tools/list", stamped, LATEST_HANDSHAKE_VERSION) == {
+        "tools": [],
+        "resultType": "complete",
+    }
+    asking = {"resultType": "input_required", "inputRequests": {}, "requestState": "s"}
+    with pytest.raises(MCPError, match="input_required"):
+        result_for_client("tools/call", asking, LATEST_HANDSHAKE_VERSION)
+    assert result_for_client("tools/call", asking, LATEST_MODERN_VERSION)["resultType"] == "input_required"
 
 
 def test_the_child_gets_its_environment_and_not_the_instances(bridges, issuer):
@@ -369,6 +394,43 @@ def test_calls_in_flight_share_a_child_and_each_gets_its_own_progress(bridges, i
         assert seen == {n: [float(i) for i in range(1, n + 1)] for n in seen}
 
     anyio.run(go)
+
+
+def test_a_child_of_the_2026_07_28_revision_serves_both_clients(workdir, redis_srv, issuer):
+    """A stdio server that refuses initialize (naming 2026-07-28 alone) is asked server/discover and
+    gets the bridge's envelope on every request; clients of either era are served."""
+    command = json.dumps([PYTHON, "-m", "bridge_child.modern"])
+    s = proc(workdir, "bridge-modern", bridge_env(redis_srv, issuer, "bridge-modern", BRIDGE_COMMAND=command))
+
+    async def exercise(c: Any) -> None:
+        assert {t.name for t in (await c.list_tools()).tools} == {"echo", "steps", "envelope", "ask"}
+        assert (await c.call_tool("echo", {"text": "hi"})).content[0].text == "hi"
+        seen: list[float] = []
+
+        async def on_progress(progress, total, message):
+            seen.append(progress)
+
+        assert (await c.call_tool("steps", {"n": 3}, progress_callback=on_progress)).content[0].text == "3"
+        assert seen == [1, 2, 3]
+        envelope = json.loads((await c.call_tool("envelope", {})).content[0].text)
+        assert envelope["io.modelcontextprotocol/protocolVersion"] == LATEST_MODERN_VERSION
+        assert envelope["io.modelcontextprotocol/clientInfo"]["name"] == "mcpops-bridge"  # not the client's
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("old"))) as (c, init):
+            assert init.capabilities.tools is not None and init.instructions == "Modern fixture."
+            assert (init.server_info.name, init.server_info.version) == ("bridge-modern", "9.9.9")
+            await exercise(c)
+            with pytest.raises(MCPError, match="input_required"):
+                await c.call_tool("ask", {})
+        async with client(s, token(issuer, s, fresh("new"))) as c:
+            assert c.protocol_version == LATEST_MODERN_VERSION and c.instructions == "Modern fixture."
+            assert c.server_info is not None
+            assert (c.server_info.name, c.server_info.version) == ("bridge-modern", "9.9.9")
+            await exercise(c)
+
+    with running(s):
+        anyio.run(go)
 
 
 # ------------------------------------------------------------------------------------ isolation
