@@ -28,6 +28,20 @@ of the bridge's (``_Child.next_id``) and a progress token of the bridge's, mappe
 child answers. A client's cancellation (the SDK cancels the handler) becomes
 ``notifications/cancelled`` to the child; so does ``bridge.call_timeout``.
 
+Protocol eras: the child speaks what it negotiated when it started, the HTTP side what the HTTP
+client speaks; the bridge translates, and passes on nothing that belongs to the other era. A child
+is started with ``initialize`` and then speaks the handshake-era version it negotiated; one that
+refuses it naming only 2026-07-28 versions (-32022) is asked ``server/discover`` instead and gets
+the bridge's envelope on every request. A client of the sessionless 2026-07-28 revision (the SDK's
+current ``Client``) connects with ``server/discover`` (answered here, from the first child's start)
+and sends each request in an envelope (``io.modelcontextprotocol/*`` keys in ``_meta``):
+``params_for_child`` takes it off for a handshake-era child (an SDK child refuses an enveloped
+request on a handshake connection) or replaces it with the bridge's, and ``result_for_client``
+adds to the child's result what that revision requires (``resultType``; on the cacheable methods
+``ttlMs: 0`` and ``cacheScope: private``) and the serverInfo stamp with the child's version. A
+handshake-era client gets the child's result without the reserved ``_meta`` keys; a 2026-07-28
+child's ``input_required`` result, which it cannot answer, becomes an error.
+
 Containment: a line on stdout that is not a JSON-RPC 2.0 message object, a line longer than
 ``bridge.max_line_bytes``, or more than ``bridge.max_messages_per_second`` lines in a second: one
 log line (``bridge_child_protocol_error``, with the server's name and the child's pid), the
@@ -58,6 +72,14 @@ import anyio
 import mcp_types as types
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    SERVER_INFO_META_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
+from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, metrics
@@ -91,6 +113,83 @@ _STDERR_CHUNK = 65536
 _PROGRESS_QUEUED_MAX = 256  # progress notifications waiting for a slow client; more are dropped
 _CANCEL_REASON = "cancelled by the client, or bridge.call_timeout passed"
 _ENV_PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+# The 2026-07-28 per-request envelope: _meta keys under this prefix (protocol version, client info,
+# client capabilities, log level) and the multi-round-trip fields. A child that negotiated a
+# handshake-era version at initialize refuses a request carrying them (the SDK's runner answers
+# "this connection serves the handshake protocol era"), and knows none of them anyway.
+_ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"
+_MODERN_ONLY_PARAMS = ("inputResponses", "requestState")
+BRIDGE_CLIENT_INFO = {"name": "mcpops-bridge", "version": __version__}  # the bridge, as its children's client
+
+
+def _without_envelope(meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, Mapping):
+        return {}
+    return {k: v for k, v in meta.items() if not str(k).startswith(_ENVELOPE_META_PREFIX)}
+
+
+def params_for_child(params: Mapping[str, Any] | None, child_version: str | None) -> dict[str, Any] | None:
+    """The client's params as the child's era has them. A child that negotiated a handshake-era
+    version gets them without the 2026-07-28 envelope (reserved ``_meta`` keys, multi-round-trip
+    fields). A child that speaks only the 2026-07-28 revision gets the bridge's envelope instead of
+    the client's: its version, the bridge as the client, no client capabilities (the bridge answers
+    no requests from a child). Everything else (arguments, cursor, progressToken, other ``_meta``
+    keys, a modern client's multi-round-trip fields for a modern child) passes unchanged."""
+    modern = child_version in MODERN_PROTOCOL_VERSIONS
+    if params is None and not modern:
+        return None
+    out = dict(params or {})
+    if not modern:
+        for key in _MODERN_ONLY_PARAMS:
+            out.pop(key, None)
+    meta = _without_envelope(out.get("_meta"))
+    if modern:
+        meta[PROTOCOL_VERSION_META_KEY] = child_version
+        meta[CLIENT_INFO_META_KEY] = dict(BRIDGE_CLIENT_INFO)
+        meta[CLIENT_CAPABILITIES_META_KEY] = {}
+    if meta:
+        out["_meta"] = meta
+    else:
+        out.pop("_meta", None)
+    return out
+
+
+def result_for_client(
+    method: str, result: Mapping[str, Any], version: str | None, server_info: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The child's result as the HTTP client's era has it.
+
+    A 2026-07-28 client gets the fields that revision requires and a handshake-era child does not
+    send: ``resultType: complete`` and, on the cacheable methods, ``ttlMs: 0`` and ``cacheScope:
+    private`` (nothing says the child's answer is the same for every caller, nor for how long), and
+    ``server_info`` as the ``_meta`` serverInfo stamp (the child's version, as the handshake's
+    serverInfo has it). What a 2026-07-28 child sent itself stays.
+
+    A handshake-era client gets the result without the reserved ``_meta`` keys of the 2026-07-28
+    revision (the SDK's per-version sieve drops its other fields); a 2026-07-28 child's
+    ``input_required`` result, which that client cannot answer, becomes a JSON-RPC error."""
+    out = dict(result)
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        if out.get("resultType") == "input_required":
+            raise _error(
+                "the server asks the client for input (a 2026-07-28 input_required result), "
+                "which a client of the initialize handshake cannot answer"
+            )
+        if "_meta" in out and isinstance(out["_meta"], Mapping):
+            meta = _without_envelope(out["_meta"])
+            if meta:
+                out["_meta"] = meta
+            else:
+                del out["_meta"]
+        return out
+    out.setdefault("resultType", "complete")
+    if method in CACHEABLE_METHODS and out["resultType"] == "complete":
+        out.setdefault("ttlMs", 0)
+        out.setdefault("cacheScope", "private")
+    meta = out.get("_meta")
+    if server_info is not None and (meta is None or isinstance(meta, Mapping)):
+        out["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: dict(server_info)}
+    return out
 
 
 def child_environment(settings: BridgeSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -144,6 +243,7 @@ class _Child:
         self.ended: str | None = None  # why the child is gone, once it is
         self.stopping = False  # we stop it: its exit is no failure
         self.init_result: dict[str, Any] = {}
+        self.protocol_version: str | None = None  # what the child negotiated at initialize
         self.tasks: list[asyncio.Task[Any]] = []
         self.window = (0, 0)  # (second, stdout lines in it): the flood bound
 
@@ -180,15 +280,9 @@ class _Child:
             loop.create_task(self._read_stderr()),
             loop.create_task(self._wait_exit()),
         ]
-        params = {
-            "protocolVersion": LATEST_HANDSHAKE_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "mcpops-bridge", "version": __version__},
-        }
         try:
             with anyio.fail_after(settings.startup_timeout):
-                self.init_result = await self._request_raw("initialize", params)
-            await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+                await self._handshake()
         except (TimeoutError, ChildGone, MCPError, OSError) as exc:
             why = (
                 f"did not answer initialize within {settings.startup_timeout:g} s (bridge.startup_timeout)"
@@ -203,6 +297,39 @@ class _Child:
             self.server_name,
             extra=self._log_extra("bridge_child_started"),
         )
+
+    async def _handshake(self) -> None:
+        """initialize (the child then speaks the handshake-era version it negotiated); a child that
+        refuses it naming only 2026-07-28 versions (-32022) is asked server/discover instead, and
+        gets that revision's envelope on every request. ``init_result`` has the same shape either way."""
+        params = {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": dict(BRIDGE_CLIENT_INFO),
+        }
+        try:
+            self.init_result = await self._request_raw("initialize", params)
+        except MCPError as refused:
+            data = refused.data if refused.code == UNSUPPORTED_PROTOCOL_VERSION else None
+            offered = data.get("supported") if isinstance(data, dict) else None
+            modern = [v for v in MODERN_PROTOCOL_VERSIONS if isinstance(offered, list) and v in offered]
+            if not modern:
+                raise
+            self.protocol_version = modern[-1]
+            found = await self._request_raw("server/discover", params_for_child(None, self.protocol_version))
+            meta = found.get("_meta")
+            info = meta.get(SERVER_INFO_META_KEY) if isinstance(meta, dict) else None
+            self.init_result = {"protocolVersion": self.protocol_version, "capabilities": {}}
+            if isinstance(found.get("capabilities"), dict):
+                self.init_result["capabilities"] = found["capabilities"]
+            if isinstance(info, dict):
+                self.init_result["serverInfo"] = info
+            if isinstance(found.get("instructions"), str):
+                self.init_result["instructions"] = found["instructions"]
+            return
+        version = self.init_result.get("protocolVersion")
+        self.protocol_version = version if isinstance(version, str) else LATEST_HANDSHAKE_VERSION
+        await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     async def stop(self, reason: str) -> None:
         """Stop the child: stdin closed, then SIGTERM, then SIGKILL, bridge.stop_timeout apart."""
@@ -444,7 +571,7 @@ class _Child:
         self.next_id += 1
         msg_id = self.next_id
         call = _Call()
-        out_params = dict(params) if params is not None else None
+        out_params = params_for_child(params, self.protocol_version)
         meta = out_params.get("_meta") if out_params is not None else None
         if isinstance(meta, dict) and "progressToken" in meta:
             meta = dict(meta)
@@ -693,7 +820,9 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
                 if ctx.method == method
                 else params.model_dump(by_alias=True, exclude_none=True, mode="json")
             )
-            return await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
+            result = await pool.forward(_principal(ctx), method, raw, lambda p: _progress(ctx, p))
+            version = getattr(ctx, "protocol_version", None)
+            return result_for_client(method, result, version, server_info())
 
         return forward
 
@@ -708,12 +837,19 @@ def build_bridge_server(name: str, pool: ChildPool) -> Server[Any]:
                 message if isinstance(message, str) else None,
             )
 
+    def server_info() -> dict[str, str]:
+        """This server's name and the child's version: what the handshake's serverInfo says."""
+        info = pool.init_result.get("serverInfo")
+        version = info.get("version") if isinstance(info, dict) else None
+        return {"name": name, "version": version if isinstance(version, str) else __version__}
+
     async def discover(ctx: Any, _params: Any) -> types.DiscoverResult:
         await pool.child(pool.key(_principal(ctx)))
         return types.DiscoverResult(
             supported_versions=list(MODERN_PROTOCOL_VERSIONS),
             capabilities=types.ServerCapabilities.model_validate(pool.capabilities or {}),
             instructions=pool.init_result.get("instructions"),
+            _meta={SERVER_INFO_META_KEY: server_info()},
         )
 
     server: Server[Any] = Server(name, version=__version__)

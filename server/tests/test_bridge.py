@@ -1,6 +1,9 @@
 """The stdio bridge (bridge.py), end to end: real mcpops-server instances whose bridge.command runs
 the fixture bridge_child.server as child processes, called with the SDK's streamable HTTP client and
-real tokens. Waits poll with deadlines; nothing sleeps to synchronise."""
+real tokens. Both client generations: ``ClientSession`` (the initialize handshake, a session) and the
+current ``Client`` (the sessionless 2026-07-28 revision: server/discover, an envelope on each request),
+against children that negotiated a handshake-era version. Waits poll with deadlines; nothing sleeps
+to synchronise."""
 
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types import SERVER_INFO_META_KEY
+from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
+from mcpops_server.bridge import params_for_child, result_for_client
 from mcpops_testlib import PYTHON, PYTHONPATH, ServerProc, running, wait_for
 
 CHILD = [PYTHON, "-m", "bridge_child.server"]
@@ -94,6 +101,17 @@ async def session(s: ServerProc, token: str) -> AsyncIterator[tuple[ClientSessio
         yield c, init
 
 
+@contextlib.asynccontextmanager
+async def client(s: ServerProc, token: str) -> AsyncIterator[Client]:
+    """The SDK's current Client (as molecule's mcp_probe.py uses it), connected: server/discover."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as hc,
+        Client(streamable_http_client(s.mcp_url, http_client=hc)) as c,
+    ):
+        yield c
+
+
 def token(issuer: Any, s: ServerProc, sub: str) -> str:
     return issuer.token(s.mcp_url, sub=sub)
 
@@ -163,6 +181,136 @@ def test_capabilities_tools_resources_prompts_and_errors_are_the_childs(bridges,
     assert s.metric(text, "mcp_tool_calls_total", endpoint="/mcp", tool_name="counter", result="success") >= 1
     lines = s.log_lines()
     assert lines and all(x.get("server") == "bridge-pp" for x in lines)  # every line names the server
+
+
+def test_the_current_client_is_served_by_a_handshake_era_child(bridges, issuer):
+    """The 2026-07-28 client's envelope stays with the bridge: the child (the SDK's dual-era stdio
+    loop, which refuses an enveloped request on a handshake connection) answers every request, and
+    the client gets the fields its revision requires."""
+    s = bridges.pp
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("old"))) as (_, init):
+            child_version = init.server_info.version
+        async with client(s, token(issuer, s, fresh("modern"))) as c:
+            assert c.protocol_version == LATEST_MODERN_VERSION
+            assert c.server_info is not None
+            assert (c.server_info.name, c.server_info.version) == ("bridge-pp", child_version)
+            caps = c.server_capabilities
+            assert caps.tools is not None and caps.resources is not None and caps.prompts is not None
+            assert c.instructions == "Fixture of the bridge tests."
+            listed = await c.list_tools()
+            assert {"counter", "slow", "wait", "envelope"} <= {t.name for t in listed.tools}
+            assert listed.result_type == "complete" and listed.cache_scope == "private"
+            assert value(await c.call_tool("counter", {})) == 1
+            seen = json.loads((await c.call_tool("envelope", {})).content[0].text)
+            assert seen["protocol_version"] == LATEST_HANDSHAKE_VERSION
+            assert not [k for k in seen["meta_keys"] if k.startswith("io.modelcontextprotocol/")], seen
+            failed = await c.call_tool("fail", {})
+            assert failed.is_error and "always fails" in failed.content[0].text
+            assert (await c.read_resource("fixture://greeting/bob")).contents[0].text == "hello, bob"
+            assert "x = 1" in (await c.get_prompt("review", {"code": "x = 1"})).messages[0].content.text
+            with pytest.raises(MCPError):
+                await c.get_prompt("no-such-prompt", {})
+
+    anyio.run(go)
+
+
+def test_the_current_client_gets_progress_before_the_result(bridges, issuer):
+    s = bridges.pp
+
+    async def go():
+        seen: list[tuple[float, float]] = []
+
+        async def on_progress(progress, total, message):
+            seen.append((time.monotonic(), progress))
+
+        async with client(s, token(issuer, s, fresh("modern-prog"))) as c:
+            await c.call_tool("pid", {})  # the child is up: timing below is the call's alone
+            res = await c.call_tool("slow", {"n": 3, "interval_ms": 300}, progress_callback=on_progress)
+            t_done = time.monotonic()
+        assert value(res) == 3
+        assert [p for _, p in seen] == [1, 2, 3]
+        assert t_done - seen[0][0] >= 0.5  # the first progress came while the call ran
+
+    anyio.run(go)
+
+
+def test_the_current_clients_cancellation_reaches_the_child(bridges, issuer):
+    s = bridges.pp
+
+    async def go():
+        async with client(s, token(issuer, s, fresh("modern-cancel"))) as c:
+            assert value(await c.call_tool("cancelled", {})) == 0
+            with anyio.move_on_after(1):
+                await c.call_tool("wait", {"seconds": 30})
+            deadline = time.monotonic() + 10
+            while value(await c.call_tool("cancelled", {})) != 1:
+                assert time.monotonic() < deadline, "the child never saw the cancellation"
+                await anyio.sleep(0.05)
+
+    anyio.run(go)
+
+
+def test_the_envelope_is_translated_per_era():
+    """What a child and a client of either era get (no processes: the two translations alone)."""
+    client_info = "io.modelcontextprotocol/clientInfo"
+    meta = {
+        "progressToken": 7,
+        "io.modelcontextprotocol/protocolVersion": LATEST_MODERN_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "c", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/logLevel": "info",
+        "com.example/trace": "t1",
+    }
+    params = {"name": "x", "arguments": {"a": 1}, "_meta": meta, "inputResponses": {}, "requestState": "s"}
+    legacy = params_for_child(params, LATEST_HANDSHAKE_VERSION)
+    kept = {"progressToken": 7, "com.example/trace": "t1"}
+    assert legacy == {"name": "x", "arguments": {"a": 1}, "_meta": kept}
+    assert params["_meta"] is meta and len(meta) == 6  # the client's params are not changed
+    only_envelope = {"_meta": {k: v for k, v in meta.items() if k.startswith("io.")}}
+    assert params_for_child(only_envelope, "2024-11-05") == {}
+    # a child of the 2026-07-28 revision: the bridge's envelope instead of the client's
+    modern = params_for_child(params, LATEST_MODERN_VERSION)
+    assert modern == {
+        **params,
+        "_meta": {
+            **kept,
+            "io.modelcontextprotocol/protocolVersion": LATEST_MODERN_VERSION,
+            "io.modelcontextprotocol/clientInfo": {
+                "name": "mcpops-bridge",
+                "version": modern["_meta"][client_info]["version"],
+            },
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    }
+    assert params_for_child(None, LATEST_MODERN_VERSION)["_meta"][client_info]["name"] == "mcpops-bridge"
+    assert params_for_child(None, LATEST_HANDSHAKE_VERSION) is None
+
+    tools = {"tools": [], "nextCursor": "n", "_meta": {"k": 1}}
+    info = {"name": "srv", "version": "2.0"}
+    assert result_for_client("tools/list", tools, LATEST_HANDSHAKE_VERSION, info) == tools
+    modern = result_for_client("tools/list", tools, LATEST_MODERN_VERSION, info)
+    assert modern == {
+        "tools": [],
+        "nextCursor": "n",
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": {"k": 1, SERVER_INFO_META_KEY: info},
+    }
+    called = result_for_client("tools/call", {"content": [], "isError": True}, LATEST_MODERN_VERSION, info)
+    assert called["resultType"] == "complete" and "cacheScope" not in called and called["isError"] is True
+    # a 2026-07-28 child's result for a handshake-era client: no reserved _meta keys, no input_required
+    stamped = {"tools": [], "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: info}}
+    assert result_for_client("tools/list", stamped, LATEST_HANDSHAKE_VERSION) == {
+        "tools": [],
+        "resultType": "complete",
+    }
+    asking = {"resultType": "input_required", "inputRequests": {}, "requestState": "s"}
+    with pytest.raises(MCPError, match="input_required"):
+        result_for_client("tools/call", asking, LATEST_HANDSHAKE_VERSION)
+    assert result_for_client("tools/call", asking, LATEST_MODERN_VERSION)["resultType"] == "input_required"
 
 
 def test_the_child_gets_its_environment_and_not_the_instances(bridges, issuer):
@@ -246,6 +394,43 @@ def test_calls_in_flight_share_a_child_and_each_gets_its_own_progress(bridges, i
         assert seen == {n: [float(i) for i in range(1, n + 1)] for n in seen}
 
     anyio.run(go)
+
+
+def test_a_child_of_the_2026_07_28_revision_serves_both_clients(workdir, redis_srv, issuer):
+    """A stdio server that refuses initialize (naming 2026-07-28 alone) is asked server/discover and
+    gets the bridge's envelope on every request; clients of either era are served."""
+    command = json.dumps([PYTHON, "-m", "bridge_child.modern"])
+    s = proc(workdir, "bridge-modern", bridge_env(redis_srv, issuer, "bridge-modern", BRIDGE_COMMAND=command))
+
+    async def exercise(c: Any) -> None:
+        assert {t.name for t in (await c.list_tools()).tools} == {"echo", "steps", "envelope", "ask"}
+        assert (await c.call_tool("echo", {"text": "hi"})).content[0].text == "hi"
+        seen: list[float] = []
+
+        async def on_progress(progress, total, message):
+            seen.append(progress)
+
+        assert (await c.call_tool("steps", {"n": 3}, progress_callback=on_progress)).content[0].text == "3"
+        assert seen == [1, 2, 3]
+        envelope = json.loads((await c.call_tool("envelope", {})).content[0].text)
+        assert envelope["io.modelcontextprotocol/protocolVersion"] == LATEST_MODERN_VERSION
+        assert envelope["io.modelcontextprotocol/clientInfo"]["name"] == "mcpops-bridge"  # not the client's
+
+    async def go():
+        async with session(s, token(issuer, s, fresh("old"))) as (c, init):
+            assert init.capabilities.tools is not None and init.instructions == "Modern fixture."
+            assert (init.server_info.name, init.server_info.version) == ("bridge-modern", "9.9.9")
+            await exercise(c)
+            with pytest.raises(MCPError, match="input_required"):
+                await c.call_tool("ask", {})
+        async with client(s, token(issuer, s, fresh("new"))) as c:
+            assert c.protocol_version == LATEST_MODERN_VERSION and c.instructions == "Modern fixture."
+            assert c.server_info is not None
+            assert (c.server_info.name, c.server_info.version) == ("bridge-modern", "9.9.9")
+            await exercise(c)
+
+    with running(s):
+        anyio.run(go)
 
 
 # ------------------------------------------------------------------------------------ isolation
@@ -479,13 +664,34 @@ def test_published_npm_server_everything_through_the_bridge(tmp_path, redis_srv,
     s = proc(tmp_path, "everything", env)
     with running(s):
 
+        async def on_progress(progress, total, message):
+            seen.append(progress)
+
+        async def exercise(c: Any) -> None:
+            """What both clients do: list, call, call with progress (the same methods on both)."""
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"echo", "trigger-long-running-operation"} <= names, names
+            echoed = await c.call_tool("echo", {"message": "through the bridge"})
+            assert not echoed.is_error
+            assert "through the bridge" in echoed.content[0].text
+            seen.clear()
+            args = {"duration": 1, "steps": 3}
+            done = await c.call_tool("trigger-long-running-operation", args, progress_callback=on_progress)
+            assert not done.is_error and "completed" in done.content[0].text
+            assert seen == [1, 2, 3]
+
         async def go():
             async with session(s, token(issuer, s, fresh("npm"))) as (c, init):
                 assert init.capabilities.tools is not None
-                names = {t.name for t in (await c.list_tools()).tools}
-                assert "echo" in names, names
-                echoed = await c.call_tool("echo", {"message": "through the bridge"})
-                assert not echoed.is_error
-                assert "through the bridge" in echoed.content[0].text
+                await exercise(c)
+            # The current Client: server/discover, then every request in the 2026-07-28 envelope; the
+            # child negotiated a handshake-era version and must get none of it, the client must get
+            # the fields its revision requires (before the fix: "Handler returned an invalid result").
+            async with client(s, token(issuer, s, fresh("npm-modern"))) as c:
+                assert c.protocol_version == LATEST_MODERN_VERSION
+                assert c.server_capabilities.tools is not None
+                assert c.server_info is not None and c.server_info.name == "everything"
+                await exercise(c)
 
+        seen: list[float] = []
         anyio.run(go)
