@@ -4,9 +4,12 @@ kept for rollback"). Last by file order: it converges the host twice (the bump, 
 version back), so the tests before it and molecule's idempotence see the inventory's version.
 
 The load is the default scenario's steady_load.py on the controller, through nginx over TLS, calling
-the time server's get_current_time with legacy sessions (owned by one instance, so the instances'
-restarts one after the other are crossed by live sessions). Only the mcp_server role's steps run
-(--tags mcp_server): the bump changes nothing else.
+the time server's get_current_time with the SDK's current client (the sessionless protocol
+revision: no call depends on which instance answered before). A restarting instance finishes its
+calls in flight and takes no new connection, so nginx sends the next ones to the server's other
+instance. (An instance's in-memory MCP sessions of the older revision end when it restarts: their
+next call gets 404 and the client must initialize again; docs/servers.md says so.) Only the
+mcp_server role's steps run (--tags mcp_server): the bump changes nothing else.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Load:
         argv = [sys.executable, str(DEFAULT_TESTS / "steady_load.py"), url(SERVERS["time"]["path"])]
         argv += ["--token-file", str(tokens), "--stop-file", str(self.stop_file), "--ca", str(CA_CERT)]
         argv += ["--resolve", f"{PUBLIC_NAME}:{address}", "--workers", str(workers), "--streams", "0"]
-        argv += ["--rate", "4", "--calls-per-session", "20", "--status-file", str(self.status_file)]
+        argv += ["--rate", "4", "--client", "current", "--status-file", str(self.status_file)]
         argv += ["--call", "get_current_time", "--call-args", json.dumps({"timezone": "UTC"})]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
