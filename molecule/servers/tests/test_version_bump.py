@@ -35,8 +35,8 @@ from conftest import (
     wait_until,
 )
 
-OLD = "2026.10.19"  # the inventory's version (group_vars/all/10_servers.yml)
-NEW = "2026.10.10"  # the release of mcp-server-time published just before it
+OLD = "2026.10.10"  # the inventory's version (group_vars/all/10_servers.yml)
+NEW = "2026.8.18"  # the release of mcp-server-time published just before it (the same tools/list)
 BASE = "/opt/mcpops/servers/time"
 TAGS = ("--tags", "mcp_server")
 
