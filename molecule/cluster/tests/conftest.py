@@ -9,6 +9,7 @@ print the unit's journal when a service check fails.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -27,6 +28,10 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
 LAB_DIR = Path(os.environ.get("MCPOPS_LAB_DIR", REPO / ".lab"))
 DEFAULT_TESTS = REPO / "molecule" / "default" / "tests"
+_spec = importlib.util.spec_from_file_location("mcpops_load_process", DEFAULT_TESTS / "load_process.py")
+_load_process = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_load_process)
+LoadProcess = _load_process.LoadProcess
 CA_CERT = LAB_DIR / "ca" / "ca.crt"
 PUBLIC_NAME = "mcp.mcpops.test"
 RESOURCE_URL = f"https://{PUBLIC_NAME}/mcp"
@@ -176,60 +181,20 @@ def molecule_inventory() -> Path:
     return Path(raw)
 
 
-class SteadyLoad:
+class SteadyLoad(LoadProcess):
     """The default scenario's steady_load.py on the controller, through the lb, until stop():
     a constant stream of MCP calls plus event streams; stop() returns what the clients saw."""
 
     def __init__(self, workdir: Path, workers: int = 4, streams: int = 1, **options: object):
-        self.stop_file = workdir / "stop-load"
-        self.status_file = workdir / "load-status"
-        tokens = workdir / "load-tokens"
-        tokens.write_text("\n".join(mint_token(sub=f"load-{i}") for i in range(workers + streams)) + "\n")
-        argv = [
-            sys.executable,
-            str(DEFAULT_TESTS / "steady_load.py"),
-            f"https://{address_of('mcpops-lb')}/mcp",
-        ]
-        argv += ["--token-file", str(tokens), "--stop-file", str(self.stop_file), "--ca", str(CA_CERT)]
-        argv += ["--host-header", PUBLIC_NAME, "--workers", str(workers), "--streams", str(streams)]
-        argv += ["--status-file", str(self.status_file)]
-        for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def calls(self) -> int:
-        """Calls made so far (updated every fifth call)."""
-        try:
-            return int(self.status_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def wait_for_calls(self, more: int, timeout: float = 60) -> int:
-        """Wait until `more` calls beyond the current count were made; return the new count."""
-        target = self.calls() + more
-
-        def progressed() -> bool:
-            assert self.proc.poll() is None, f"steady_load.py ended early: {self.proc.communicate()}"
-            return self.calls() >= target
-
-        wait_until(progressed, timeout, 0.2, f"{more} more calls from the load")
-        return self.calls()
-
-    def close(self) -> None:
-        """Stop the load if a failed test left it running (a finalizer); its report is dropped."""
-        if self.proc.poll() is None:
-            self.stop_file.touch()
-            try:
-                self.proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
-
-    def stop(self, timeout: float = 120) -> dict:
-        self.stop_file.touch()
-        out, err = self.proc.communicate(timeout=timeout)
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            rc = self.proc.returncode
-            raise AssertionError(f"steady_load.py printed no JSON (rc={rc}): {out}\n{err}") from None
+        tokens = [mint_token(sub=f"load-{i}") for i in range(workers + streams)]
+        url = f"https://{address_of('mcpops-lb')}/mcp"
+        super().__init__(
+            url,
+            tokens,
+            workdir,
+            CA_CERT,
+            host_header=PUBLIC_NAME,
+            workers=workers,
+            streams=streams,
+            **options,
+        )

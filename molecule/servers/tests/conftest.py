@@ -47,6 +47,7 @@ def _load(name: str, path: Path) -> Any:
 
 _default = _load("mcpops_default_conftest", DEFAULT_TESTS / "conftest.py")
 mcp_probe = _load("mcpops_mcp_probe", DEFAULT_TESTS / "mcp_probe.py")
+LoadProcess = _load("mcpops_load_process", DEFAULT_TESTS / "load_process.py").LoadProcess
 _filter = _load("mcpops_filter_mcp_servers", REPO / "plugins" / "filter" / "mcp_servers.py")
 wait_until = _default.wait_until
 journal = _default.journal

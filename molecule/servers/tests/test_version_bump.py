@@ -15,24 +15,21 @@ mcp_server role's steps run (--tags mcp_server): the bump changes nothing else.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 from conftest import (
     CA_CERT,
-    DEFAULT_TESTS,
     GROUP_VARS,
     PUBLIC_NAME,
     SERVERS,
+    LoadProcess,
     journal,
     run_site,
     token_for,
     unit,
     url,
-    wait_until,
 )
 
 OLD = "2026.10.10"  # the inventory's version (group_vars/all/10_servers.yml)
@@ -41,55 +38,22 @@ BASE = "/opt/mcpops/servers/time"
 TAGS = ("--tags", "mcp_server")
 
 
-class Load:
-    """steady_load.py against /time/mcp until stop(); stop() returns what the clients saw."""
-
-    def __init__(self, workdir: Path, address: str, workers: int = 3):
-        self.stop_file = workdir / "stop"
-        self.status_file = workdir / "status"
-        tokens = workdir / "tokens"
-        tokens.write_text("\n".join(token_for("time", f"bump-{i}") for i in range(workers)) + "\n")
-        argv = [sys.executable, str(DEFAULT_TESTS / "steady_load.py"), url(SERVERS["time"]["path"])]
-        argv += ["--token-file", str(tokens), "--stop-file", str(self.stop_file), "--ca", str(CA_CERT)]
-        argv += ["--resolve", f"{PUBLIC_NAME}:{address}", "--workers", str(workers), "--streams", "0"]
-        argv += ["--rate", "4", "--client", "current", "--status-file", str(self.status_file)]
-        argv += ["--call", "get_current_time", "--call-args", json.dumps({"timezone": "UTC"})]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def calls(self) -> int:
-        try:
-            return int(self.status_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def wait_for_calls(self, more: int, timeout: float = 60) -> int:
-        target = self.calls() + more
-
-        def progressed() -> bool:
-            assert self.proc.poll() is None, f"steady_load.py ended early: {self.proc.communicate()}"
-            return self.calls() >= target
-
-        wait_until(progressed, timeout, 0.2, f"{more} more calls from the load")
-        return self.calls()
-
-    def stop(self, timeout: float = 120) -> dict:
-        self.stop_file.touch()
-        out, err = self.proc.communicate(timeout=timeout)
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise AssertionError(
-                f"steady_load.py printed no JSON (rc={self.proc.returncode}): {out}\n{err}"
-            ) from None
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.stop_file.touch()
-            try:
-                self.proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
+def load_on_time(workdir: Path, address: str, workers: int = 3):
+    """steady_load.py against /time/mcp (its get_current_time), through nginx, until stop()."""
+    tokens = [token_for("time", f"bump-{i}") for i in range(workers)]
+    return LoadProcess(
+        url(SERVERS["time"]["path"]),
+        tokens,
+        workdir,
+        CA_CERT,
+        resolve=f"{PUBLIC_NAME}:{address}",
+        workers=workers,
+        streams=0,
+        rate=4,
+        client="current",
+        call="get_current_time",
+        call_args=json.dumps({"timezone": "UTC"}),
+    )
 
 
 def releases(srv) -> list[str]:
@@ -116,7 +80,7 @@ def test_a_version_bump_under_load_loses_no_call_and_keeps_the_old_release(srv, 
     before = current(srv)
     assert before.startswith(f"mcp-server-time-{OLD}-"), f"{BASE}/current is {before}"
     workdir = Path(tempfile.mkdtemp(prefix="mcpops-bump-"))
-    load = Load(workdir, address)
+    load = load_on_time(workdir, address)
     try:
         load.wait_for_calls(20)
         bump = run_site("-e", f"@{bumped_vars(workdir)}", *TAGS)
