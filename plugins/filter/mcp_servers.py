@@ -25,7 +25,9 @@ description:
   - Optional per server - C(default) (also served at C(/mcp); at most one server), C(scopes) (required
     scopes; default the host's C(mcp_server_auth_required_scopes)), C(isolation) (C(per_principal) or
     C(shared), stdio only), C(env) (plain environment), C(secrets) (environment values that are
-    never written to a world-readable file), C(egress) (IP networks the server may connect to
+    never written to a world-readable file), C(memory_max) (the C(MemoryMax=) of each of its instances, its
+    children included; default the host's C(mcp_server_memory_max)), C(bridge) (stdio only: its own
+    C(bridge.*) settings, e.g. C(max_children)), C(egress) (IP networks the server may connect to
     besides loopback and Redis).
   - Without C(mcp_server_servers), the host runs one server named C(mcp) from the pre-0.3 variables
     (C(mcp_server_app), C(mcp_server_ports)), the default at C(/mcp), exactly as before.
@@ -66,7 +68,7 @@ _value:
   description:
     - One dict per server, in the inventory's order, with every field present - name, kind, default,
       ports, path, user, scopes, app, pypi, npm, executable, command, package, isolation, env, secrets,
-      egress.
+      egress, memory_max, bridge.
   type: list
   elements: dict
 """
@@ -97,6 +99,24 @@ FIELDS = frozenset(
         "env",
         "secrets",
         "egress",
+        "memory_max",
+        "bridge",
+    }
+)
+MEMORY = re.compile(r"^([0-9]+[KMGT]?|infinity)$")
+# bridge.* settings a server may set for itself (the runtime's check-config checks their ranges).
+BRIDGE_KEYS = frozenset(
+    {
+        "max_children",
+        "max_calls_per_child",
+        "idle_timeout",
+        "call_timeout",
+        "startup_timeout",
+        "restart_backoff_max",
+        "stop_timeout",
+        "max_line_bytes",
+        "max_messages_per_second",
+        "max_stderr_lines_per_second",
     }
 )
 LEGACY_NAME = "mcp"
@@ -228,6 +248,21 @@ def _one(i: int, raw: object, host_scopes: list[str]) -> dict:
         raise _bad(
             f"{at}.isolation", isolation, "per_principal (a child per token subject) or shared (one pool)"
         )
+    memory_max = raw.get("memory_max", "")
+    if memory_max not in ("", None) and not MEMORY.match(str(memory_max)):
+        raise _bad(
+            f"{at}.memory_max",
+            memory_max,
+            "a systemd size (768M, 2G) or infinity, the bound of its instances and children",
+        )
+    bridge = raw.get("bridge") or {}
+    if bridge and kind != "stdio":
+        raise _bad(f"{at}.bridge", bridge, "no bridge settings for kind python (stdio servers only)")
+    if not isinstance(bridge, dict) or not set(bridge) <= BRIDGE_KEYS:
+        raise _bad(f"{at}.bridge", bridge, "a mapping of bridge settings: " + ", ".join(sorted(BRIDGE_KEYS)))
+    for key, value in bridge.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise _bad(f"{at}.bridge.{key}", value, "a positive number")
     egress = raw.get("egress", [])
     if not isinstance(egress, list):
         raise _bad(f"{at}.egress", egress, "a list of IP addresses or networks")
@@ -249,6 +284,8 @@ def _one(i: int, raw: object, host_scopes: list[str]) -> dict:
         "env": _environment(f"{at}.env", raw.get("env"), secret=False),
         "secrets": _environment(f"{at}.secrets", raw.get("secrets"), secret=True),
         "egress": [_network(f"{at}.egress[{j}]", e) for j, e in enumerate(egress)],
+        "memory_max": str(memory_max or ""),
+        "bridge": dict(bridge),
     }
 
 

@@ -132,3 +132,35 @@ def test_a_secret_value_is_never_shown():
 def test_servers_of_one_host_do_not_collide(servers, message):
     with pytest.raises(ServersError, match=message):
         mcp_servers(hv(*servers))
+
+
+def test_a_server_may_bound_its_memory_and_set_its_own_bridge_settings():
+    got = mcp_servers(
+        hv(REFERENCE, dict(NPM, memory_max="768M", bridge={"max_children": 4, "idle_timeout": 60}))
+    )
+    assert got[1]["memory_max"] == "768M" and got[1]["bridge"] == {"max_children": 4, "idle_timeout": 60}
+    assert got[0]["memory_max"] == "" and got[0]["bridge"] == {}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (dict(NPM, memory_max="lots"), "(everything).memory_max = 'lots': accepted is a systemd size"),
+        (
+            dict(NPM, bridge={"command": ["sh"]}),
+            "(everything).bridge = {'command': ['sh']}: accepted is a mapping of",
+        ),
+        (
+            dict(NPM, bridge={"max_children": 0}),
+            "(everything).bridge.max_children = 0: accepted is a positive number",
+        ),
+        (
+            dict(REFERENCE, bridge={"max_children": 2}),
+            "(notes).bridge = {'max_children': 2}: accepted is no bridge",
+        ),
+    ],
+)
+def test_bad_memory_and_bridge_settings_are_named(item, message):
+    with pytest.raises(ServersError) as err:
+        mcp_servers(hv(item))
+    assert message in str(err.value)

@@ -18,6 +18,7 @@ import subprocess
 
 import anyio
 import pytest
+import yaml
 from conftest import (
     HOST,
     NETWORK,
@@ -184,6 +185,24 @@ def test_config_and_child_secrets_files(srv, server):
     for other in SERVERS.values():
         if other["name"] != server:
             assert not can_read(srv, other["user"], env.path), f"{other['user']} reads {env.path}"
+
+
+SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_each_server_has_its_own_memory_bound_and_bridge_settings(srv, server):
+    """memory_max bounds the instance and its children (MemoryMax= of the drop-in, else the host's
+    mcp_server_memory_max); a stdio server's bridge settings reach its configuration."""
+    s = SERVERS[server]
+    want = s["memory_max"] or "512M"  # the lab keeps the role's default mcp_server_memory_max
+    size = int(want[:-1]) * SIZES[want[-1]] if want[-1] in SIZES else int(want)
+    for port in s["ports"]:
+        got = srv.run(f"systemctl show -p MemoryMax --value {unit(port)}").stdout.strip()
+        assert got == str(size), f"{unit(port)}: MemoryMax={got}, expected {want} ({size})"
+    config = yaml.safe_load(srv.file(f"/etc/mcpops/servers/{server}/config.yaml").content_string)
+    for key, value in s["bridge"].items():
+        assert config["bridge"][key] == value, f"{server}: bridge.{key} = {config['bridge'].get(key)}"
 
 
 def test_the_secret_reaches_the_child_and_no_world_readable_file(srv, address):
