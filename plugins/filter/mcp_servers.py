@@ -26,7 +26,7 @@ description:
     scopes; default the host's C(mcp_server_auth_required_scopes)), C(isolation) (C(per_principal) or
     C(shared), stdio only), C(env) (plain environment), C(secrets) (environment values that are
     never written to a world-readable file), C(memory_max) (the C(MemoryMax=) of each of its instances, its
-    children included; default the host's C(mcp_server_memory_max)), C(bridge) (stdio only: its own
+    children included; default the host's C(mcp_server_memory_max)), C(bridge) (for stdio servers, its own
     C(bridge.*) settings, e.g. C(max_children)), C(egress) (IP networks the server may connect to
     besides loopback and Redis).
   - Without C(mcp_server_servers), the host runs one server named C(mcp) from the pre-0.3 variables

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import MULTI_SERVER_INVENTORY as INVENTORY
-from conftest import render_role
+from role_render import MULTI_SERVER_INVENTORY as INVENTORY
+from role_render import render_role
 
 TASKS = """
 - name: Write the restricted services

@@ -4,8 +4,8 @@ MCP server instance (filter mcpops.deploy.mcp_instances), labelled with the MCP 
 from __future__ import annotations
 
 import yaml
-from conftest import MULTI_SERVER_INVENTORY as INVENTORY
-from conftest import render_role
+from role_render import MULTI_SERVER_INVENTORY as INVENTORY
+from role_render import render_role
 
 TASKS = """
 - name: Render prometheus.yml
