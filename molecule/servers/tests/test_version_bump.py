@@ -26,6 +26,7 @@ from conftest import (
     SERVERS,
     LoadProcess,
     journal,
+    main_pid,
     run_site,
     token_for,
     unit,
@@ -79,6 +80,7 @@ def bumped_vars(workdir: Path) -> Path:
 def test_a_version_bump_under_load_loses_no_call_and_keeps_the_old_release(srv, address):
     before = current(srv)
     assert before.startswith(f"mcp-server-time-{OLD}-"), f"{BASE}/current is {before}"
+    others = {p: main_pid(srv, p) for name, s in SERVERS.items() if name != "time" for p in s["ports"]}
     workdir = Path(tempfile.mkdtemp(prefix="mcpops-bump-"))
     load = load_on_time(workdir, address)
     try:
@@ -96,6 +98,8 @@ def test_a_version_bump_under_load_loses_no_call_and_keeps_the_old_release(srv, 
     assert before in present and after in present, f"releases: {present}"
     for port in SERVERS["time"]["ports"]:
         assert srv.service(unit(port)).is_running, journal(srv, unit(port))
+    # Only the time server's instances restarted: each instance's stamp covers its own server's files.
+    assert {p: main_pid(srv, p) for p in others} == others, "another server's instance restarted"
 
     # Back to the inventory's version (the old release is still there), so idempotence holds.
     back = run_site(*TAGS)
