@@ -222,7 +222,9 @@ def build_app(settings: Settings) -> tuple[Gateway, Runtime]:
     store_ref = StoreRef()
     pool: ChildPool | None = None
     if settings.bridge.enabled:
-        pool = ChildPool(settings.bridge, settings.server.name)
+        pool = ChildPool(
+            settings.bridge, settings.server.name, settings.auth.issuer_url or settings.auth.server_url
+        )
         server: MCPServer | Server[Any] = build_bridge_server(settings.server.name, pool)
         metrics.bridge_children.labels(settings.server.name).set_function(lambda: pool.running)
     elif settings.server.app:

@@ -16,7 +16,14 @@ has a call in flight the request is refused with a JSON-RPC error instead (evict
 would break a call; refusing an idle one would let a few tokens lock everyone else out for the idle
 timeout). A child that exits or misbehaves is replaced on the next request that needs it, not
 before 0.25 s doubling per failure in a row (up to ``bridge.restart_backoff_max``); the calls it
-had in flight get a JSON-RPC error that says what happened.
+had in flight get a JSON-RPC error that says what happened. A child is the pool's from the moment it
+is launched: a start cut short (the client went away, a deadline passed, the instance shuts down)
+kills and reaps its process group before the request ends, so no process outlives its request
+uncounted.
+
+Fairness in a shared child: one principal has at most ``bridge.max_calls_per_principal`` requests
+in flight on a child, of the ``bridge.max_calls_per_child`` it takes; its next one is refused with
+a JSON-RPC error, and the others' calls go on.
 
 The child side is a small JSON-RPC multiplexer of our own, not the SDK's stdio client, because a
 forwarder needs what that client does not give: the child's raw result dicts (the SDK client
@@ -42,13 +49,17 @@ adds to the child's result what that revision requires (``resultType``; on the c
 handshake-era client gets the child's result without the reserved ``_meta`` keys; a 2026-07-28
 child's ``input_required`` result, which it cannot answer, becomes an error.
 
-Containment: a line on stdout that is not a JSON-RPC 2.0 message object, a line longer than
-``bridge.max_line_bytes``, or more than ``bridge.max_messages_per_second`` lines in a second: one
-log line (``bridge_child_protocol_error``, with the server's name and the child's pid), the
-process group is killed, the calls in flight get an error. The child's stderr goes to our log
-(``bridge_child_stderr``, each line cut, at most ``bridge.max_stderr_lines_per_second``), never to
-a client. Requests from the child to us (sampling, roots, elicitation) are answered "method not
-found"; ``ping`` is answered.
+Containment: a line on stdout that is not a JSON-RPC 2.0 message object (or JSON too deeply nested
+to parse), or more than ``bridge.max_messages_per_second`` lines in a second: one log line
+(``bridge_child_protocol_error``, with the server's name and the child's pid), the process group is
+killed, the calls in flight get an error. A line longer than ``bridge.max_line_bytes`` is skipped
+to its end, never held whole: when its first or last bytes name the id of a call in flight (an
+answer too large), only that call fails (``bridge_child_oversized_reply``) and the child serves
+on; otherwise it is a protocol error too. A reader that stops for any other reason ends its child
+as well: a live child whose answers nobody reads would hold its calls until the call timeout and
+never be replaced. The child's stderr goes to our log (``bridge_child_stderr``, each line cut, at
+most ``bridge.max_stderr_lines_per_second``), never to a client. Requests from the child to us
+(sampling, roots, elicitation) are answered "method not found"; ``ping`` is answered.
 
 The child's environment is PATH, HOME, LANG, LC_*, TZ and TMPDIR of the instance plus
 ``bridge.env`` and ``bridge.env_file``: never the rest of the instance's (its Redis password, say).
@@ -63,9 +74,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -84,6 +96,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, metrics
 from .config import BridgeSettings
+from .sandbox import Launch, Sandbox, SandboxError
 
 logger = logging.getLogger("mcpops.bridge")
 
@@ -112,6 +125,11 @@ _STDERR_LINE_MAX = 1024  # characters of one logged stderr line
 _STDERR_CHUNK = 65536
 _PROGRESS_QUEUED_MAX = 256  # progress notifications waiting for a slow client; more are dropped
 _CANCEL_REASON = "cancelled by the client, or bridge.call_timeout passed"
+_HEAD_BYTES = 4096  # of a line over bridge.max_line_bytes, the first (and last) bytes searched for its id
+_REAP_WAIT = 5.0  # seconds a killed child's start waits for the process to be reaped
+_KEY_COLON_RE = re.compile(rb"\s*:\s*")
+_INT_VALUE_RE = re.compile(rb"(-?[0-9]{1,18})\s*[,}]")
+_LAST_ID_RE = re.compile(rb'[{,]\s*"id"\s*:\s*(-?[0-9]{1,18})\s*}\s*\Z')  # the object's last member
 _ENV_PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 # The 2026-07-28 per-request envelope: _meta keys under this prefix (protocol version, client info,
 # client capabilities, log level) and the multi-round-trip fields. A child that negotiated a
@@ -201,6 +219,51 @@ def child_environment(settings: BridgeSettings, base: Mapping[str, str] | None =
     return env
 
 
+def _top_level_keys(text: bytes) -> Iterator[tuple[bytes, int]]:
+    """The keys of the JSON object ``text`` starts (the start of one), each with where its value
+    starts: a scan that skips strings and counts brackets, so keys of nested objects are not seen."""
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        byte = text[i]
+        if byte == 0x22:  # a string: on to its closing quote, past escapes
+            end = i + 1
+            while end < n and text[end] != 0x22:
+                end += 2 if text[end] == 0x5C else 1
+            if end >= n:
+                return
+            colon = _KEY_COLON_RE.match(text, end + 1) if depth == 1 else None
+            if colon is not None:
+                yield text[i + 1 : end], colon.end()
+            i = end + 1
+            continue
+        if byte in b"{[":
+            depth += 1
+        elif byte in b"}]":
+            depth -= 1
+        i += 1
+
+
+def reply_id(head: bytes, tail: bytes = b"") -> int | None:
+    """The integer ``id`` of a JSON-RPC response too long to parse, from the first and last bytes of
+    its line: a key of the top-level object, never one inside the result. The Python SDK writes it
+    before the result (in ``head``), the TypeScript SDK after it, as the object's last member (in
+    ``tail``). None when a ``method`` key comes first (a request or notification of the child's), or
+    neither ``id`` nor ``result``/``error`` is among the top-level keys in ``head``."""
+    text = head.lstrip()
+    if not text.startswith(b"{"):
+        return None
+    answer = False
+    for key, value_at in _top_level_keys(text):
+        if key == b"method":
+            return None
+        if key == b"id":
+            value = _INT_VALUE_RE.match(text, value_at)
+            return int(value.group(1)) if value else None
+        answer = answer or key in (b"result", b"error")
+    last = _LAST_ID_RE.search(tail) if answer else None
+    return int(last.group(1)) if last else None
+
+
 def _error(message: str, code: int = BRIDGE_ERROR) -> MCPError:
     return MCPError(code=code, message=message)
 
@@ -229,14 +292,26 @@ class _Call:
 class _Child:
     """One child process and the JSON-RPC conversation with it."""
 
-    def __init__(self, settings: BridgeSettings, server_name: str, on_exit: Callable[[_Child, str], None]):
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        server_name: str,
+        on_exit: Callable[[_Child, str], None],
+        key: str = SHARED,
+        sandbox: Sandbox | None = None,
+    ):
         self.settings = settings
         self.server_name = server_name
+        self.key = key  # the pool key: a principal, ANONYMOUS or SHARED
+        self.sandbox = sandbox
+        self.cgroup: str | None = None  # the child's own cgroup (bridge.sandbox: bubblewrap)
         self.on_exit = on_exit  # told once, when the child ended, why: "exited", "protocol_error", ...
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         self.calls: dict[int, _Call] = {}
         self.by_token: dict[str, _Call] = {}
+        self.by_principal: dict[str, int] = {}  # requests in flight per principal (max_calls_per_principal)
+        self.launched = asyncio.Event()  # set once the process exists (or its launch failed)
         self.next_id = 0
         self.started_at = time.monotonic()
         self.last_used = self.started_at
@@ -262,17 +337,24 @@ class _Child:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.sandbox is not None:
+            launch, self.cgroup = self.sandbox.launch(
+                self.key, self.key == SHARED, child_environment(settings), settings.cwd
+            )
+        else:
+            launch = Launch(settings.command, child_environment(settings), settings.cwd)
         self.proc = await asyncio.create_subprocess_exec(
-            *settings.command,
+            *launch.argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=settings.cwd,
-            env=child_environment(settings),
+            cwd=launch.cwd,
+            env=launch.env,
             limit=settings.max_line_bytes,
             start_new_session=True,  # a process group of its own: stopped with what it starts
         )
         self.pid = self.proc.pid
+        self.launched.set()
         metrics.bridge_starts(self.server_name).inc()
         loop = asyncio.get_running_loop()
         self.tasks = [
@@ -281,6 +363,8 @@ class _Child:
             loop.create_task(self._wait_exit()),
         ]
         try:
+            if self.ended is not None:  # stopped (the instance shuts down) while it was being launched
+                raise ChildGone("the server's process was stopped while starting")
             with anyio.fail_after(settings.startup_timeout):
                 await self._handshake()
         except (TimeoutError, ChildGone, MCPError, OSError) as exc:
@@ -290,7 +374,18 @@ class _Child:
                 else f"failed to initialize: {exc}"
             )
             self.kill("startup_failed", f"the server's process {why}")
+            await self._reaped()
             raise ChildGone(f"the server's process {why}") from None
+        except BaseException:  # cancelled: the client went away, or a deadline around the start passed
+            self.kill("cancelled", "the request that started the server's process ended first")
+            await self._reaped()
+            metrics.bridge_stops(self.server_name, "cancelled").inc()
+            logger.info(
+                "bridge child %s stopped while starting: its request ended first",
+                self.pid,
+                extra=self._log_extra("bridge_child_stopped", reason="cancelled"),
+            )
+            raise
         logger.info(
             "bridge child %d started for %s",
             self.pid,
@@ -331,11 +426,23 @@ class _Child:
         self.protocol_version = version if isinstance(version, str) else LATEST_HANDSHAKE_VERSION
         await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
+    async def _reaped(self) -> None:
+        """Wait until the killed process is reaped, whatever cancels the caller (bounded): a start cut
+        short returns only once its process is gone."""
+        if self.proc is not None:
+            with anyio.move_on_after(_REAP_WAIT, shield=True):
+                await self.proc.wait()
+
     async def stop(self, reason: str) -> None:
-        """Stop the child: stdin closed, then SIGTERM, then SIGKILL, bridge.stop_timeout apart."""
+        """Stop the child: stdin closed, then SIGTERM, then SIGKILL, bridge.stop_timeout apart. One
+        still being launched is waited for (bounded), then stopped the same way; start() sees it ended."""
         self.stopping = True
+        if self.proc is None and self.ended is None:
+            with anyio.move_on_after(self.settings.stop_timeout):
+                await self.launched.wait()
         proc = self.proc
         if proc is None:
+            self._end(reason, f"the server's process was stopped ({reason})")
             return
         grace = self.settings.stop_timeout
         if proc.returncode is None and proc.stdin is not None:
@@ -364,6 +471,20 @@ class _Child:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
+        if sig == signal.SIGKILL and self.sandbox is not None and self.cgroup is not None:
+            self.sandbox.cgroups.kill(self.cgroup)  # type: ignore[union-attr]  # all of the sandbox
+
+    def _over_memory(self) -> bool:
+        """Whether the kernel killed in the child's cgroup for memory (bridge.child_memory_max)."""
+        if self.sandbox is None or self.cgroup is None or self.sandbox.cgroups is None:
+            return False
+        return self.sandbox.cgroups.oom_kills(self.cgroup) > 0
+
+    async def _release_cgroup(self) -> None:
+        """Remove the child's cgroup once its processes are gone (bounded; in a thread: it polls)."""
+        if self.sandbox is not None and self.cgroup is not None:
+            with anyio.move_on_after(_REAP_WAIT, shield=True):
+                await asyncio.to_thread(self.sandbox.stop, self.cgroup)
 
     def kill(self, reason: str, message: str) -> None:
         """End the child at once (it misbehaved): its group is killed, its calls get ``message``."""
@@ -391,16 +512,25 @@ class _Child:
         await asyncio.wait(self.tasks[:2], timeout=1)
         if self.ended is None:
             reason = "stopped" if self.stopping else "exited"
+            message = f"the server's process exited (code {code}) while the call was in flight"
+            if not self.stopping and self._over_memory():
+                reason = "memory"
+                message = (
+                    "the server's process was killed for using more than bridge.child_memory_max "
+                    f"({self.settings.child_memory_max >> 20} MiB); it is started again on the next call"
+                )
             if not self.stopping:
                 logger.warning(
-                    "bridge child %d of %s exited with %s",
+                    "bridge child %d of %s exited with %s%s",
                     self.pid,
                     self.server_name,
                     code,
-                    extra=self._log_extra("bridge_child_exited", exit_code=code),
+                    " (killed for memory)" if reason == "memory" else "",
+                    extra=self._log_extra("bridge_child_exited", exit_code=code, reason=reason),
                 )
             self._signal(signal.SIGKILL)  # what the child left running in its group
-            self._end(reason, f"the server's process exited (code {code}) while the call was in flight")
+            self._end(reason, message)
+        await self._release_cgroup()
 
     # ---------------------------------------------------------------- reading
 
@@ -414,29 +544,54 @@ class _Child:
         )
         self.kill("protocol_error", f"the server's process broke the protocol ({what}) and was restarted")
 
+    def _reader_failed(self, stream: str) -> None:
+        """A reader ended by an exception of ours: the child ends with it (nobody would read it)."""
+        logger.exception(
+            "bridge: the %s reader of child %s of %s failed; the child is killed, to be restarted",
+            stream,
+            self.pid,
+            self.server_name,
+            extra=self._log_extra("bridge_child_reader_failed"),
+        )
+        self.kill("reader_failed", "the bridge could not read the server's process, which was restarted")
+
     async def _read_stdout(self) -> None:
+        try:
+            await self._read_messages()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._reader_failed("stdout")
+
+    async def _read_messages(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        stdout = self.proc.stdout
+        proc, stdout = self.proc, self.proc.stdout
         limit = self.settings.max_messages_per_second
         while True:
+            oversized: tuple[bytes, bytes, int] | None = None
             try:
-                line = await stdout.readline()
-            except ValueError:  # asyncio's LimitOverrunError, as readline() raises it
-                self._protocol_error(f"a line longer than {self.settings.max_line_bytes} bytes")
-                return
-            if not line:
-                return
+                line = await stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as eof:
+                line = eof.partial  # the last line, without its end; nothing at the end of the stream
+                if not line:
+                    break
+            except asyncio.LimitOverrunError as over:
+                line, oversized = b"", await self._skip_line(stdout, over.consumed)
             second = int(time.monotonic())
             count = self.window[1] + 1 if self.window[0] == second else 1
             self.window = (second, count)
             if count > limit:
                 self._protocol_error(f"more than {limit} lines in a second")
                 return
+            if oversized is not None:
+                if not self._oversized(*oversized):
+                    return
+                continue
             if not line.strip():
                 continue
             try:
                 message = json.loads(line)
-            except ValueError:
+            except Exception:  # any parse error (RecursionError included: too deeply nested) is the child's
                 message = None
             if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
                 self._protocol_error("a line that is not a JSON-RPC 2.0 message")
@@ -445,6 +600,56 @@ class _Child:
                 await self._dispatch(message)
             except Exception:
                 logger.exception("bridge: could not handle a message of child %s", self.pid)
+        # stdout ended: the process is exiting (_wait_exit says how), or it closed its stdout and
+        # lives on, never to answer again
+        with anyio.move_on_after(self.settings.stop_timeout):
+            await proc.wait()
+        if proc.returncode is None and self.ended is None:
+            self._protocol_error("its stdout closed while it kept running")
+
+    async def _skip_line(self, stdout: asyncio.StreamReader, consumed: int) -> tuple[bytes, bytes, int]:
+        """Drop a line longer than bridge.max_line_bytes up to its end (``consumed``: what asyncio has
+        of it so far), keeping only its first and last _HEAD_BYTES: (head, tail, the line's size)."""
+        head = await stdout.read(min(consumed, _HEAD_BYTES))  # at once: the buffer holds `consumed`
+        tail, size, todo = b"", len(head), consumed - len(head)
+        while True:
+            while todo > 0:
+                chunk = await stdout.read(min(todo, _STDERR_CHUNK))
+                if not chunk:
+                    return head, tail, size
+                tail = (tail + chunk)[-_HEAD_BYTES:]
+                size, todo = size + len(chunk), todo - len(chunk)
+            try:
+                rest = await stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as eof:
+                return head, (tail + eof.partial)[-_HEAD_BYTES:], size + len(eof.partial)
+            except asyncio.LimitOverrunError as over:
+                todo = over.consumed
+                continue
+            return head, (tail + rest)[-_HEAD_BYTES:], size + len(rest) - 1
+
+    def _oversized(self, head: bytes, tail: bytes, size: int) -> bool:
+        """A line over bridge.max_line_bytes, skipped. If its first or last bytes say which request it
+        answers, that call alone fails and the child serves on (True); if not, a protocol error (False)."""
+        limit = self.settings.max_line_bytes
+        msg_id = reply_id(head, tail)
+        if msg_id is None:
+            self._protocol_error(f"a line longer than {limit} bytes")
+            return False
+        call = self.calls.pop(msg_id, None)
+        logger.warning(
+            "bridge child %s of %s answered request %d with %d bytes, over bridge.max_line_bytes; "
+            "that call failed, the child serves on",
+            self.pid,
+            self.server_name,
+            msg_id,
+            size,
+            extra=self._log_extra("bridge_child_oversized_reply", bytes=size),
+        )
+        if call is not None:
+            message = f"the server's answer was larger than bridge.max_line_bytes ({limit} bytes)"
+            call.end("error", {"code": BRIDGE_ERROR, "message": message})
+        return True
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         method = message.get("method")
@@ -482,6 +687,14 @@ class _Child:
             logger.debug("bridge child %s: %s", self.pid, str(params.get("data"))[:_STDERR_LINE_MAX])
 
     async def _read_stderr(self) -> None:
+        try:
+            await self._read_stderr_lines()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._reader_failed("stderr")
+
+    async def _read_stderr_lines(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         stderr = self.proc.stderr
         budget = self.settings.max_stderr_lines_per_second
@@ -556,16 +769,26 @@ class _Child:
         method: str,
         params: Mapping[str, Any] | None,
         progress: Callable[[Mapping[str, Any]], Awaitable[None]] | None,
+        principal: str | None = None,
     ) -> dict[str, Any]:
         """Send a request, pass its progress on, return its result; raise MCPError with the child's
         error, ChildGone if the child ends first. Cancelled (by the client, or by a deadline around
-        it), it tells the child with notifications/cancelled."""
+        it), it tells the child with notifications/cancelled. ``principal`` (None: the bridge's own
+        requests, or no auth) counts against bridge.max_calls_per_principal, so that one token
+        cannot take every slot of a shared child."""
         if self.ended is not None:
             raise ChildGone("the server's process is gone")
+        held = self.by_principal.get(principal, 0) if principal is not None else 0
+        if held >= self.settings.max_calls_per_principal:
+            metrics.bridge_refused(self.server_name, "max_calls_per_principal").inc()
+            raise _error(
+                f"this caller has {held} requests in flight on the server's process "
+                "(bridge.max_calls_per_principal); retry when one is answered"
+            )
         if len(self.calls) >= self.settings.max_calls_per_child:
             metrics.bridge_refused(self.server_name, "max_calls_per_child").inc()
             raise _error(
-                f"the server has {len(self.calls)} requests in flight for this caller "
+                f"the server's process has {len(self.calls)} requests in flight "
                 "(bridge.max_calls_per_child); retry later"
             )
         self.next_id += 1
@@ -586,6 +809,8 @@ class _Child:
         if out_params is not None:
             message["params"] = out_params
         self.calls[msg_id] = call
+        if principal is not None:
+            self.by_principal[principal] = held + 1
         self.last_used = time.monotonic()
         answered = False
         try:
@@ -615,6 +840,12 @@ class _Child:
             self.calls.pop(msg_id, None)
             for token in [t for t, c in self.by_token.items() if c is call]:
                 del self.by_token[token]
+            if principal is not None:
+                left = self.by_principal.get(principal, 0) - 1
+                if left > 0:
+                    self.by_principal[principal] = left
+                else:
+                    self.by_principal.pop(principal, None)
             self.last_used = time.monotonic()
 
 
@@ -642,12 +873,27 @@ class _Slot:
 class ChildPool:
     """The children of one instance, by principal (or one, shared); started on demand, reaped when idle."""
 
-    def __init__(self, settings: BridgeSettings, server_name: str):
+    def __init__(self, settings: BridgeSettings, server_name: str, issuer: str | None = None):
         self.settings = settings
         self.server_name = server_name
+        # bridge.sandbox bubblewrap: each child in a sandbox of its pool key (sandbox.py)
+        self.sandbox: Sandbox | None = (
+            Sandbox(
+                kind=settings.sandbox,
+                command=settings.command,
+                state_dir=settings.state_dir,
+                read_only=settings.sandbox_read_only or _default_read_only(settings.command),
+                issuer=issuer,
+                memory_max=settings.child_memory_max,
+                tasks_max=settings.child_tasks_max,
+            )
+            if settings.sandbox == "bubblewrap"
+            else None
+        )
         self.slots: dict[str, _Slot] = {}
         self.reaper: asyncio.Task[None] | None = None
         self.stopping: set[asyncio.Task[None]] = set()
+        self.starting: set[_Child] = set()  # launched (or about to be), not yet in a slot
         self.closed = False
         self.capabilities: dict[str, Any] | None = None  # from the first child's initialize
         self.init_result: dict[str, Any] = {}
@@ -665,11 +911,13 @@ class ChildPool:
         self.reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def aclose(self) -> None:
-        """Shutdown: stop every child (in parallel), bounded by bridge.stop_timeout twice plus a little."""
+        """Shutdown: stop every child (in parallel), those still starting too, bounded by
+        bridge.stop_timeout twice plus a little."""
         self.closed = True
         if self.reaper is not None:
             self.reaper.cancel()
         children = [slot.child for slot in self.slots.values() if slot.child is not None and slot.child.alive]
+        children += self.starting
         self.slots.clear()
         await asyncio.gather(
             *(child.stop("shutdown") for child in children), *self.stopping, return_exceptions=True
@@ -681,7 +929,7 @@ class ChildPool:
         return min(self.settings.restart_backoff_max, _BACKOFF_START * 2 ** max(failures - 1, 0))
 
     def _on_exit(self, slot: _Slot, child: _Child, reason: str) -> None:
-        if reason in ("stopped", "idle", "evicted", "shutdown"):
+        if reason in ("stopped", "idle", "evicted", "shutdown", "cancelled"):
             return
         now = time.monotonic()
         if now - child.started_at > max(self.settings.restart_backoff_max, 10.0):
@@ -733,11 +981,25 @@ class ChildPool:
             wait = slot.not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            child = _Child(self.settings, self.server_name, lambda c, why: self._on_exit(slot, c, why))
+            if self.closed:
+                raise _error("the server is shutting down; retry the call")
+            child = _Child(
+                self.settings, self.server_name, lambda c, why: self._on_exit(slot, c, why), key, self.sandbox
+            )
+            self.starting.add(child)  # aclose() stops it too from here on
             try:
                 await child.start()
             except ChildGone as gone:
                 raise _error(str(gone)) from None
+            except SandboxError as exc:  # no bwrap, no delegated cgroup: says what to fix
+                self._on_exit(slot, child, "startup_failed")
+                logger.error(
+                    "bridge: cannot sandbox %s: %s",
+                    self.settings.command[0],
+                    exc,
+                    extra={"event": "bridge_child_start_failed", "server": self.server_name},
+                )
+                raise _error("the server's process could not be started in its sandbox") from None
             except OSError as exc:  # the executable went away, or cannot be run
                 self._on_exit(slot, child, "startup_failed")
                 logger.error(
@@ -749,8 +1011,12 @@ class ChildPool:
                 raise _error(
                     f"the server's process could not be started ({exc.__class__.__name__})"
                 ) from None
+            finally:
+                self.starting.discard(child)
+                child.launched.set()  # a stop() waiting for the launch waits no more
             if slot is not self.slots.get(key) or self.closed:  # evicted or shut down meanwhile
-                self._stop_later(child, "evicted" if not self.closed else "shutdown")
+                if not child.stopping:  # aclose() stops it already
+                    self._stop_later(child, "evicted" if not self.closed else "shutdown")
                 raise _error("the server's process was stopped while starting; retry the call")
             slot.child = child
             if self.capabilities is None:
@@ -785,11 +1051,19 @@ class ChildPool:
         try:
             with anyio.fail_after(timeout):
                 child = await self.child(self.key(principal))
-                return await child.request(method, params, progress)
+                return await child.request(method, params, progress, principal)
         except TimeoutError:
             raise _error(f"the server did not answer within {timeout:g} s (bridge.call_timeout)") from None
         except ChildGone as gone:
             raise _error(str(gone)) from None
+
+
+def _default_read_only(command: tuple[str, ...]) -> tuple[str, ...]:
+    """Without bridge.sandbox_read_only: the executable's directory, unless /usr (always bound) has it."""
+    if not command or not os.path.isabs(command[0]):
+        return ()
+    folder = os.path.dirname(command[0])
+    return () if folder == "/usr" or folder.startswith("/usr/") else (folder,)
 
 
 def forwarded_capabilities(child: Mapping[str, Any]) -> dict[str, Any]:

@@ -220,7 +220,10 @@ def _as_readable_file(value: Any) -> str | None:
     return path
 
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # \Z, not $: "$" lets a trailing newline in
+# C0 and C1 control characters, DEL, the Unicode line and paragraph separators: in a child's variable a
+# newline would cut a secret where the environment file is read, or add variables of its own
+_ENV_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_ARGV = 256  # arguments of bridge.command
 _MAX_ENV = 256  # variables of bridge.env and bridge.env_file together
 
@@ -261,7 +264,7 @@ def _as_env_map(value: Any) -> tuple[tuple[str, str], ...]:
     """Variables for a child process: a YAML mapping (a JSON object in the environment), kept as pairs."""
     accepted = (
         f"a mapping of at most {_MAX_ENV} variables NAME: value (names [A-Za-z_][A-Za-z0-9_]*, "
-        "values strings or numbers without NUL; a JSON object in the environment)"
+        "values strings or numbers without control characters; a JSON object in the environment)"
     )
     if value is None or value == "":
         return ()
@@ -276,10 +279,53 @@ def _as_env_map(value: Any) -> tuple[tuple[str, str], ...]:
     for name, item in value.items():
         if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
             raise _Bad(accepted)
-        if isinstance(item, bool) or not isinstance(item, str | int | float) or "\x00" in str(item):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
             raise _Bad(accepted)
+        if _ENV_CONTROL_RE.search(str(item)):  # the name is safe to show, the value never is
+            raise _Bad(f"{accepted}: the value of {name} has a control character (a newline, say)")
         pairs.append((name, str(item)))
     return tuple(pairs)
+
+
+_SIZE_RE = re.compile(r"([0-9]{1,16})([KMGT]?)\Z")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _as_bytes(lowest: int, highest: int) -> Callable[[Any], int]:
+    """A size in bytes: an integer, or digits with K, M, G or T (1024-based), as systemd writes them."""
+    accepted = f"a size from {lowest >> 20}M to {highest >> 40}T (bytes, or digits with K, M, G or T)"
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _Bad(accepted)
+        match = _SIZE_RE.match(str(value).strip())
+        if match is None:
+            raise _Bad(accepted)
+        number = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        if not lowest <= number <= highest:
+            raise _Bad(accepted)
+        return number
+
+    return convert
+
+
+def _as_absolute_path(value: Any) -> str | None:
+    """One absolute path (it may not exist yet: systemd's StateDirectory= makes it when the unit starts)."""
+    if value is None or value == "":
+        return None
+    paths = _as_absolute_paths([value] if isinstance(value, str) else value)
+    if len(paths) != 1:
+        raise _Bad("an absolute path without '..' or control characters")
+    return paths[0]
+
+
+def _as_absolute_paths(value: Any) -> tuple[str, ...]:
+    """Absolute paths without control characters (a list, comma-separated in the environment)."""
+    paths = _as_list(value)
+    for path in paths:
+        if not os.path.isabs(path) or _ENV_CONTROL_RE.search(path) or ".." in path.split("/"):
+            raise _Bad("a list of absolute paths without '..' or control characters")
+    return paths
 
 
 def _as_directory(value: Any) -> str | None:
@@ -757,6 +803,12 @@ class BridgeSettings:
         _as_int(1, 10_000),
         "requests in flight on one child; one more is refused with a JSON-RPC error",
     )
+    max_calls_per_principal: int = setting(
+        16,
+        "BRIDGE_MAX_CALLS_PER_PRINCIPAL",
+        _as_int(1, 10_000),
+        "requests of one principal in flight on one child (at most max_calls_per_child); one more is refused",
+    )
     idle_timeout: float = setting(
         600.0,
         "BRIDGE_IDLE_TIMEOUT",
@@ -791,7 +843,7 @@ class BridgeSettings:
         4_194_304,
         "BRIDGE_MAX_LINE_BYTES",
         _as_int(1024, 1 << 28),
-        "bytes of one message on the child's stdout; a longer one restarts the child",
+        "bytes of a line on the child's stdout; a longer answer fails its call, another restarts the child",
     )
     max_messages_per_second: int = setting(
         1000,
@@ -804,6 +856,41 @@ class BridgeSettings:
         "BRIDGE_MAX_STDERR_LINES_PER_SECOND",
         _as_int(0, 100_000),
         "lines of the child's stderr logged a second (cut to 1024 characters); the rest counted, dropped",
+    )
+
+    sandbox: str = setting(
+        "none",
+        "BRIDGE_SANDBOX",
+        _one_of("none", "bubblewrap", lower=True),
+        "bubblewrap: each child in namespaces and a cgroup of its own, with its own copy of bridge.state_dir "
+        "(sandbox.py); none: a plain child process",
+    )
+    state_dir: str | None = setting(
+        None,
+        "BRIDGE_STATE_DIR",
+        _as_absolute_path,
+        "the server's state directory; under bubblewrap each pool key sees its own copy there, kept in "
+        "principals/<digest> (shared/ when shared)",
+    )
+    sandbox_read_only: tuple[str, ...] = setting(
+        (),
+        "BRIDGE_SANDBOX_READ_ONLY",
+        _as_absolute_paths,
+        "paths bound read-only into the sandbox besides /usr and a few files of /etc (the release)",
+        documented_default="[]",
+    )
+    child_memory_max: int = setting(
+        256 << 20,
+        "BRIDGE_CHILD_MEMORY_MAX",
+        _as_bytes(16 << 20, 1 << 40),
+        "memory of a child and what it starts (its cgroup; bubblewrap only); over it, that child is killed",
+        documented_default="256M",
+    )
+    child_tasks_max: int = setting(
+        128,
+        "BRIDGE_CHILD_TASKS_MAX",
+        _as_int(8, 100_000),
+        "processes and threads of one child (its cgroup's pids.max; bubblewrap only)",
     )
 
     @property
@@ -1207,6 +1294,16 @@ def _check_tls(load: _Load) -> None:
 
 def _check_bridge(load: _Load) -> None:
     bridge = load.values["bridge"]
+    per_child = bridge.get("max_calls_per_child", BridgeSettings.max_calls_per_child)
+    per_principal = bridge.get("max_calls_per_principal")
+    if per_principal is None:  # not set: the default, within a lowered max_calls_per_child
+        bridge["max_calls_per_principal"] = min(BridgeSettings.max_calls_per_principal, per_child)
+    elif per_principal > per_child:
+        load.bad(
+            "bridge",
+            "max_calls_per_principal",
+            f"an integer from 1 to {load.name_of('bridge', 'max_calls_per_child')} ({per_child})",
+        )
     command = bridge.get("command")
     if not command:
         return
@@ -1223,6 +1320,12 @@ def _check_bridge(load: _Load) -> None:
             "bridge",
             "command",
             f"a command whose executable ({executable}) is an executable file, by absolute path or on PATH",
+        )
+    if bridge.get("sandbox") == "bubblewrap" and not bridge.get("state_dir"):
+        load.bad(
+            "bridge",
+            "state_dir",
+            f"a directory, required while {load.name_of('bridge', 'sandbox')} is bubblewrap",
         )
     env_file = bridge.get("env_file")
     if env_file:
@@ -1241,17 +1344,22 @@ def _read_env_file(path: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
     try:
         if Path(path).stat().st_size > 1 << 20:
             return (), why
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # bytes, split on \n alone: text mode and splitlines() would also end a line (and start a
+        # variable) at a lone \r, \f or U+2028 inside a value
+        lines = Path(path).read_bytes().decode("utf-8").split("\n")
     except (OSError, UnicodeDecodeError):
         return (), why
     pairs = []
-    for line in lines:
+    for number, raw in enumerate(lines, 1):
+        line = raw.removesuffix("\r")  # a CRLF line end
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, eq, value = line.partition("=")
         name = name.strip()
-        if not eq or not _ENV_NAME_RE.match(name) or "\x00" in value:
+        if not eq or not _ENV_NAME_RE.match(name):
             return (), why
+        if _ENV_CONTROL_RE.search(value):  # the name and line are safe to show, the value never is
+            return (), f"{why}; the value of {name} (line {number}) has a control character (\\r, tab, ...)"
         pairs.append((name, value))
     if len(pairs) > _MAX_ENV:
         return (), why

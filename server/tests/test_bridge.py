@@ -11,8 +11,10 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,7 +26,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
-from mcpops_server.bridge import params_for_child, result_for_client
+from mcpops_server.bridge import ChildPool, params_for_child, result_for_client
+from mcpops_server.config import BridgeSettings
 from mcpops_testlib import PYTHON, PYTHONPATH, ServerProc, running, wait_for
 
 CHILD = [PYTHON, "-m", "bridge_child.server"]
@@ -61,6 +64,7 @@ class Bridges:
     pp: ServerProc  # per_principal, two children at most, small stdout bounds
     shared: ServerProc  # one child for everyone, calls cut after 2 s
     reap: ServerProc  # per_principal, children reaped after half a second
+    guard: ServerProc  # one child for everyone, two calls in flight per principal, lines up to 256 KiB
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,16 @@ def bridges(workdir, redis_srv, issuer) -> Iterator[Bridges]:
     b.shared = proc(workdir, "bridge-shared", shared)
     reap = bridge_env(redis_srv, issuer, "bridge-reap", BRIDGE_IDLE_TIMEOUT="0.5")
     b.reap = proc(workdir, "bridge-reap", reap)
-    with running(b.pp, b.shared, b.reap):
+    guard = bridge_env(
+        redis_srv,
+        issuer,
+        "bridge-guard",
+        BRIDGE_ISOLATION="shared",
+        BRIDGE_MAX_CALLS_PER_PRINCIPAL="2",
+        BRIDGE_MAX_LINE_BYTES="262144",
+    )
+    b.guard = proc(workdir, "bridge-guard", guard)
+    with running(b.pp, b.shared, b.reap, b.guard):
         yield b
 
 
@@ -141,6 +154,15 @@ def bridge_metric(s: ServerProc, name: str, **labels: str) -> float:
 
 def fresh(prefix: str) -> str:
     return f"{prefix}-{os.urandom(4).hex()}"
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll predicate() until it is truthy (its value), failing at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await anyio.sleep(0.02)
+    return found
 
 
 # ------------------------------------------------------------------------------------ forwarding
@@ -572,7 +594,7 @@ def test_a_crash_mid_call_errors_that_call_and_the_next_one_succeeds(bridges, is
     ("tool", "args", "what"),
     [
         ("junk", {}, "not a JSON-RPC 2.0 message"),
-        ("huge", {"size": 200_000}, "longer than 65536 bytes"),
+        ("long_note", {"size": 200_000}, "longer than 65536 bytes"),  # no id: nothing to fail alone
         ("flood", {"count": 5000}, "more than 500 lines in a second"),
     ],
 )
@@ -599,6 +621,104 @@ def test_a_child_breaking_the_protocol_is_killed_logged_and_replaced(bridges, is
     assert bridge_metric(s, "child_restarts_total", reason="protocol_error") >= 1
 
 
+def test_an_answer_over_the_line_bound_fails_its_call_alone(bridges, issuer):
+    """MEDIUM 5 of issue 18: one tool's oversized answer used to kill a shared child, and every
+    other principal's call with it. Now the line is skipped, its call gets an error naming
+    bridge.max_line_bytes, and the call in flight beside it is answered by the same child."""
+    s = bridges.guard  # shared; bridge.max_line_bytes: 262144
+    a, b = token(issuer, s, fresh("big-a")), token(issuer, s, fresh("big-b"))
+
+    async def go():
+        results: dict[str, Any] = {}
+        async with session(s, a) as (ca, _), session(s, b) as (cb, _):
+            await ca.list_tools()  # the client's tool cache and the metric labels: no lists mid-test
+            await cb.list_tools()
+            pid = value(await ca.call_tool("pid", {}))
+            working = anyio.Event()
+
+            async def on_progress(progress, total, message):
+                working.set()
+
+            async def slow() -> None:
+                args = {"n": 3, "interval_ms": 1000}
+                results["slow"] = await ca.call_tool("slow", args, progress_callback=on_progress)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                with anyio.fail_after(10):
+                    await working.wait()  # a's call is in the child
+                # the id before the result (the Python SDK's order), then after it (the TypeScript SDK's)
+                for tool in ("huge", "huge_last"):
+                    started = time.monotonic()
+                    with pytest.raises(MCPError) as too_big:
+                        await cb.call_tool(tool, {"size": 400_000})
+                    assert time.monotonic() - started < 10
+                    assert "larger than bridge.max_line_bytes (262144 bytes)" in str(too_big.value)
+            assert value(results["slow"]) == 3  # answered by the same child, after the big lines
+            assert value(await cb.call_tool("pid", {})) == pid
+        return pid
+
+    pid = anyio.run(go)
+    lines = [x for x in events(s, "bridge_child_oversized_reply") if x.get("pid") == pid]
+    assert len(lines) == 2 and all(x["bytes"] > 262144 and x["server"] == "bridge-guard" for x in lines)
+    assert not [x for x in events(s, "bridge_child_protocol_error") if x.get("pid") == pid]
+
+
+def test_a_line_nested_too_deep_is_a_protocol_error_and_the_child_is_replaced(bridges, issuer):
+    """MEDIUM 10 of issue 18: a deeply nested line raised RecursionError in the stdout reader, which
+    died; the child stayed "alive", its calls timed out and it was never replaced."""
+    s = bridges.guard  # bridge.call_timeout: 20 s; lines up to 256 KiB, so the line is parsed
+    tok = token(issuer, s, fresh("nested"))
+
+    async def go():
+        async with session(s, tok) as (c, _):
+            before = value(await c.call_tool("pid", {}))
+            started = time.monotonic()
+            with pytest.raises(MCPError) as broken:
+                await c.call_tool("nested", {"depth": 100_000})
+            assert time.monotonic() - started < 10  # not the call timeout
+            assert "broke the protocol" in str(broken.value), broken.value
+            assert value(await c.call_tool("pid", {})) != before  # a new child answers
+            return before
+
+    pid = anyio.run(go)
+    assert [x for x in events(s, "bridge_child_protocol_error") if x.get("pid") == pid]
+    wait_for(lambda: not _exists(pid), 10, f"process {pid} to be gone")
+
+
+def test_one_principal_cannot_take_every_call_of_a_shared_child(bridges, issuer):
+    """MEDIUM 5 of issue 18: one token could hold all bridge.max_calls_per_child slots of a shared
+    child. Past bridge.max_calls_per_principal its calls are refused, and the others are served."""
+    s = bridges.guard  # shared; bridge.max_calls_per_principal: 2
+    a, b = token(issuer, s, fresh("greedy")), token(issuer, s, fresh("modest"))
+
+    async def go():
+        async with session(s, a) as (ca, _), session(s, b) as (cb, _):
+            await ca.list_tools()  # the client's tool cache and the metric labels: no lists mid-test
+            await cb.list_tools()
+            async with anyio.create_task_group() as tg:
+                in_flight = [anyio.Event(), anyio.Event()]
+                for event in in_flight:
+
+                    async def on_progress(progress, total, message, event=event):
+                        event.set()  # the child works on this call
+
+                    args = {"n": 1, "interval_ms": 3000}
+                    call_a = functools.partial(ca.call_tool, "slow", args, progress_callback=on_progress)
+                    tg.start_soon(call_a)
+                with anyio.fail_after(10):
+                    for event in in_flight:
+                        await event.wait()
+                with pytest.raises(MCPError) as refused:
+                    await ca.call_tool("counter", {})
+                assert "bridge.max_calls_per_principal" in str(refused.value)
+                assert value(await cb.call_tool("counter", {})) >= 1  # b is served meanwhile
+            assert value(await ca.call_tool("counter", {})) >= 1  # a's calls answered: its slots free again
+
+    anyio.run(go)
+    assert bridge_metric(s, "refused_total", reason="max_calls_per_principal") >= 1
+
+
 def test_the_childs_stderr_goes_to_the_log_not_to_the_client(bridges, issuer):
     s = bridges.pp
     marker = fresh("stderr-marker")
@@ -612,6 +732,123 @@ def test_the_childs_stderr_goes_to_the_log_not_to_the_client(bridges, issuer):
         lambda: [x for x in events(s, "bridge_child_stderr") if x["message"] == marker], 5, "the stderr line"
     )
     assert line[0]["server"] == "bridge-pp" and line[0]["pid"]
+
+
+# ------------------------------------------------------------------------------------ starts cut short
+
+SLOW_START = (PYTHON, "-m", "bridge_child.slow_start")
+
+
+def slow_start(pid_dir: Path, **more: Any) -> BridgeSettings:
+    """A bridge whose children take ten minutes to answer initialize, recording their pids."""
+    env = (("PYTHONPATH", PYTHONPATH), ("PID_DIR", str(pid_dir)), ("INIT_DELAY", "600"))
+    settings: dict[str, Any] = {"startup_timeout": 60.0, "call_timeout": 60.0, "stop_timeout": 1.0}
+    return BridgeSettings(command=SLOW_START, env=env, **{**settings, **more})
+
+
+def started(pid_dir: Path) -> list[tuple[int, int]]:
+    """(child, its helper) of each child of slow_start that got initialize."""
+    found = [f.read_text().split() for f in pid_dir.iterdir() if not f.name.endswith(".tmp")]
+    return [(int(child), int(helper)) for child, helper in found]
+
+
+def _exists(pid: int) -> bool:
+    """A process, or a zombie nobody reaped: a child of this process must be neither."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _running(pid: int) -> bool:
+    """A process that is not a zombie (the helpers are reaped by whoever adopted them, if at all)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _kill_all(pid_dir: Path) -> None:
+    """What a failing test would leave behind, killed (the fix makes this a no-op)."""
+    for child, helper in started(pid_dir):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(helper, signal.SIGKILL)
+
+
+def test_starts_cut_short_leave_no_process(tmp_path):
+    """HIGH 1 of issue 18: a request cancelled while its child started (the client gone, or
+    bridge.call_timeout passed during initialize) left the process running, outside every cap and
+    unseen by aclose(). Six such starts must leave no process, reaped, nor its helper."""
+    settings = slow_start(tmp_path, call_timeout=2.0)
+    errors: list[str] = []
+
+    async def go() -> None:
+        pool = ChildPool(settings, "slow-start")
+        await pool.start()
+
+        async def one(principal: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                try:
+                    await pool.forward(principal, "tools/list", None, None)
+                except MCPError as exc:
+                    errors.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                scope = anyio.CancelScope()
+                tg.start_soon(one, f"user-{i}", scope)
+                await until(lambda i=i: len(started(tmp_path)) == i + 1, 20, f"child {i} to get initialize")
+                if i % 2 == 0:
+                    scope.cancel()  # the client went away; the odd ones wait for bridge.call_timeout
+        assert len(errors) == 3 and all("(bridge.call_timeout)" in e for e in errors), errors
+        pids = started(tmp_path)
+        assert len(pids) == 6
+        await until(lambda: not [c for c, _ in pids if _exists(c)], 10, "the six children to be gone, reaped")
+        await until(lambda: not [h for _, h in pids if _running(h)], 10, "their helpers to be gone")
+        assert pool.running == 0 and all(slot.child is None for slot in pool.slots.values())
+        assert not pool.starting
+        with anyio.fail_after(10):
+            await pool.aclose()  # nothing left to stop
+
+    try:
+        anyio.run(go)
+    finally:
+        _kill_all(tmp_path)
+
+
+def test_shutdown_stops_a_child_still_starting(tmp_path):
+    """aclose() stops the children still starting too (stdin closed, SIGTERM, then the group's
+    SIGKILL), and their request gets an error."""
+    errors: list[str] = []
+
+    async def go() -> tuple[int, int]:
+        pool = ChildPool(slow_start(tmp_path), "slow-start")
+        await pool.start()
+
+        async def one() -> None:
+            try:
+                await pool.forward("late", "tools/list", None, None)
+            except MCPError as exc:
+                errors.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            [(child, helper)] = await until(lambda: started(tmp_path), 20, "the child to get initialize")
+            with anyio.fail_after(15):
+                await pool.aclose()
+            assert not _exists(child)  # stopped and reaped by the time aclose() returns
+        return child, helper
+
+    try:
+        _child, helper = anyio.run(go)
+        assert len(errors) == 1 and "stopped" in errors[0], errors
+        wait_for(lambda: not _running(helper), 10, "the helper in its group to be gone")
+    finally:
+        _kill_all(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ shutdown
