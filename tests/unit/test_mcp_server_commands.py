@@ -128,3 +128,65 @@ def test_a_server_without_an_artefact_is_an_error_not_a_silent_skip():
     srv = servers({"name": "time", "kind": "stdio", "pypi": "mcp-server-time==2026.10.19", "ports": [8100]})
     with pytest.raises(plugin.ServersError, match="no artefact was built"):
         plugin.mcp_server_commands(srv, [])
+
+
+# --- dependency constraints (mcp_servers fields that server_artifacts.py takes) -------------------
+
+TIME = {"name": "time", "kind": "stdio", "pypi": "mcp-server-time==2025.9.25", "ports": [8100]}
+EVERYTHING = {
+    "name": "everything",
+    "kind": "stdio",
+    "npm": "@modelcontextprotocol/server-everything@2026.8.31",
+}
+EVERYTHING["ports"] = [8200]
+
+
+def test_constraints_exclude_newer_and_overrides_are_returned_for_their_kind():
+    import datetime as dt
+
+    got = servers(
+        dict(TIME, constraints=["mcp<2", "pydantic>=2,<3"], exclude_newer="2025-10-01T12:00:00Z"),
+        dict(EVERYTHING, overrides={"@hono/node-server": "1.19.9", "zod": "3.25.76"}),
+        dict(TIME, name="dated", ports=[8300], exclude_newer=dt.date(2025, 10, 1)),  # unquoted YAML date
+        {"name": "notes", "kind": "python", "ports": [8000]},
+    )
+    assert got[0]["constraints"] == ["mcp<2", "pydantic>=2,<3"]
+    assert got[0]["exclude_newer"] == "2025-10-01T12:00:00Z" and got[0]["overrides"] == {}
+    assert got[1]["overrides"] == {"@hono/node-server": "1.19.9", "zod": "3.25.76"}
+    assert got[1]["constraints"] == [] and got[1]["exclude_newer"] == ""
+    assert got[2]["exclude_newer"] == "2025-10-01"
+    assert (got[3]["constraints"], got[3]["exclude_newer"], got[3]["overrides"]) == ([], "", {})
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            dict(EVERYTHING, constraints=["mcp<2"]),
+            "(everything).constraints = ['mcp<2']: accepted is nothing",
+        ),
+        (dict(TIME, overrides={"ms": "2.1.3"}), "(time).overrides = {'ms': '2.1.3'}: accepted is nothing"),
+        (dict(EVERYTHING, exclude_newer="2025-10-01"), "(everything).exclude_newer = '2025-10-01'"),
+        (dict(TIME, constraints="mcp<2"), "(time).constraints = 'mcp<2': accepted is a list"),
+        (dict(TIME, constraints=["mcp"]), "(time).constraints[0] = 'mcp': accepted is a requirement"),
+        (dict(TIME, constraints=["mcp<2\n"]), "(time).constraints[0] = 'mcp<2\\n'"),
+        (dict(TIME, constraints=["mcp @ https://x.invalid/m.whl"]), "(time).constraints[0]"),
+        (dict(TIME, constraints=["mcp<2; python_version>'3'"]), "(time).constraints[0]"),
+        (dict(TIME, constraints=[f"p{i}<2" for i in range(65)]), "accepted is a list of at most 64"),
+        (dict(TIME, exclude_newer="yesterday"), "(time).exclude_newer = 'yesterday': accepted is a date"),
+        (dict(TIME, exclude_newer="2025-10-01T12:00:00"), "(time).exclude_newer = '2025-10-01T12:00:00'"),
+        (dict(TIME, exclude_newer="2025-02-30"), "(time).exclude_newer = '2025-02-30'"),
+        (dict(EVERYTHING, overrides={"zod": "^3.25.0"}), "(everything).overrides.zod = '^3.25.0'"),
+        (dict(EVERYTHING, overrides={"zod": 3}), "(everything).overrides.zod = 3"),
+        (dict(EVERYTHING, overrides={"zod\n": "3.25.76"}), "(everything).overrides = 'zod\\n'"),
+        (
+            dict(EVERYTHING, overrides={"@modelcontextprotocol/server-everything": "2026.1.1"}),
+            "not the server's own package",
+        ),
+        (dict(EVERYTHING, overrides=["zod@3.25.76"]), "(everything).overrides = ['zod@3.25.76']"),
+    ],
+)
+def test_bad_constraints_are_named(item, message):
+    with pytest.raises(servers_plugin.ServersError) as err:
+        servers(item)
+    assert message in str(err.value)
