@@ -106,6 +106,19 @@ _value:
           C(mcp).
       type: bool
       version_added: "0.3.0"
+    affinity:
+      description:
+        - How nginx keeps a client on the instance that holds its state, when its request carries no MCP
+          session id yet.
+        - C(principal) for a C(stdio) server with C(isolation) C(per_principal) (the default isolation of
+          stdio servers), whose children hold each principal's state - nginx hashes such requests by
+          the principal of the bearer token, so every call of one principal reaches the same instance.
+        - C(session) for every other server (C(python), C(stdio) with C(isolation) C(shared), the legacy
+          server C(mcp)) - such requests are spread over the server's instances; a session id still
+          picks the instance that owns the session.
+      type: str
+      choices: [principal, session]
+      version_added: "0.4.0"
     route:
       description: Route id, the prefix of the instance's MCP session ids.
       type: str
@@ -153,17 +166,30 @@ def host_ports(hv) -> list:
     return DEFAULT_PORTS
 
 
-def host_servers(hv) -> list[tuple[str, bool, list]]:
-    """A host's servers as (name, default, ports): the items of a non-empty mcp_server_servers list in
-    its order, else the one legacy server "mcp" (the default) on host_ports(). The items are taken as
-    given; the mcp_servers filter validates them in the preflight."""
+def host_servers(hv) -> list[tuple[str, bool, list, str]]:
+    """A host's servers as (name, default, ports, affinity): the items of a non-empty mcp_server_servers
+    list in its order, else the one legacy server "mcp" (the default) on host_ports(). The items are
+    taken as given; the mcp_servers filter validates them in the preflight."""
     servers = hv.get("mcp_server_servers") if "mcp_server_servers" in hv else None
     if isinstance(servers, list) and servers:
         return [
-            (str(item["name"]), _as_bool(item.get("default", False)), list(item.get("ports") or []))
+            (
+                str(item["name"]),
+                _as_bool(item.get("default", False)),
+                list(item.get("ports") or []),
+                affinity(item),
+            )
             for item in servers
         ]
-    return [(LEGACY_SERVER, True, list(host_ports(hv)))]
+    return [(LEGACY_SERVER, True, list(host_ports(hv)), "session")]
+
+
+def affinity(item) -> str:
+    """The server's affinity: principal when its children hold per-principal state (kind stdio with
+    isolation per_principal; the defaults are the mcp_servers filter's), else session."""
+    kind = item.get("kind", "python")
+    isolation = item.get("isolation", "per_principal")
+    return "principal" if kind == "stdio" and isolation == "per_principal" else "session"
 
 
 def _as_bool(value) -> bool:
@@ -212,7 +238,7 @@ def mcp_instances(hosts, hostvars, from_host=None, groups=None):
             address = listen
         else:
             address = hv.get("ansible_host") or host
-        for server, default, ports in host_servers(hv):
+        for server, default, ports, server_affinity in host_servers(hv):
             for port in ports:
                 result.append(
                     {
@@ -224,6 +250,7 @@ def mcp_instances(hosts, hostvars, from_host=None, groups=None):
                         "tls_name": tls_name,
                         "server": server,
                         "default": default,
+                        "affinity": server_affinity,
                     }
                 )
     return result

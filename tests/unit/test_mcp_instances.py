@@ -40,6 +40,7 @@ def test_one_host_reaches_its_own_instances_over_loopback():
             "tls_name": "mcpops-server.internal",
             "server": "mcp",
             "default": True,
+            "affinity": "session",
         }
         for port in (8000, 8001)
     ]

@@ -118,6 +118,7 @@ def test_plugins_in_a_playbook(tmp_path):
     got = json.loads(out.read_text())
     # mcp_servers (app1, app2) and mcp_lb (lb1) are three hosts: TLS, read from the real hostvars' groups.
     tls = {"tls": True, "tls_name": "mcpops-server.internal", "server": "mcp", "default": True}
+    tls["affinity"] = "session"  # the legacy server keeps no per-principal children
     assert got["instances"] == [
         {"host": "app1", "address": "127.0.0.1", "port": 8000, "route": "app1-8000", **tls},
         {"host": "app1", "address": "127.0.0.1", "port": 8001, "route": "app1-8001", **tls},
