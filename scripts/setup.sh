@@ -20,15 +20,24 @@ avail_kb=$(df -Pk "$ROOT" | awk 'NR==2 {print $4}')
 
 # --- 1. Debian packages on the controller -------------------------------------------------
 need_pkgs=()
-for pair in dockerd:docker.io debootstrap:debootstrap redis-server:redis-server openssl:openssl testssl:testssl.sh; do
+for pair in dockerd:docker.io debootstrap:debootstrap redis-server:redis-server openssl:openssl testssl:testssl.sh bwrap:bubblewrap nginx:nginx nft:nftables; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_pkgs+=("${pair#*:}")
 done
+# njs for nginx (the principal-affinity tests run the role's nginx.conf in a real nginx)
+[ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || need_pkgs+=(libnginx-mod-http-js)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing ${need_pkgs[*]} and no apt-get to install them"
   step "installing ${need_pkgs[*]}"
   apt-get update -qq >/tmp/mcpops-apt.log 2>&1 || die "apt-get update failed (see /tmp/mcpops-apt.log)"
+  # The packages' services (nginx, redis) must not start on the controller: tests start their own.
+  policy_made=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_made=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" \
-    >>/tmp/mcpops-apt.log 2>&1 || die "apt-get install ${need_pkgs[*]} failed (see /tmp/mcpops-apt.log)"
+    >>/tmp/mcpops-apt.log 2>&1 || { [ -z "$policy_made" ] || rm -f /usr/sbin/policy-rc.d
+    die "apt-get install ${need_pkgs[*]} failed (see /tmp/mcpops-apt.log)"; }
+  [ -z "$policy_made" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # --- 2. virtualenv --------------------------------------------------------------------------
