@@ -29,6 +29,7 @@ import httpx2
 import pytest
 import testinfra
 import yaml
+from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -165,6 +166,16 @@ async def mcp_session(address: str, path: str, token: str, read_timeout: float =
     ):
         init = await client.initialize()
         yield Opened(client, seen[0] if seen else None, init)
+
+
+@contextlib.asynccontextmanager
+async def modern_client(address: str, path: str, token: str, read_timeout: float = 60) -> AsyncIterator[Any]:
+    """The SDK's current Client (the sessionless revision: no session id, every request on its own)."""
+    async with (
+        _http(address, token, read_timeout) as http,
+        Client(streamable_http_client(url(path), http_client=http)) as client,
+    ):
+        yield client
 
 
 @contextlib.asynccontextmanager

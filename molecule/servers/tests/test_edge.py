@@ -33,8 +33,18 @@ CALLS = {
     "notes": ("notes_search", {"query": "", "limit": 1}, '"notes"'),
     "time": ("get_current_time", {"timezone": "UTC"}, "UTC"),
     "everything": ("echo", {"message": "through nginx and the bridge"}, "through nginx and the bridge"),
+    "memory": ("read_graph", {}, "entities"),
+    "hostile": ("whoami", {}, "/var/lib/mcpops-hostile"),
+    "oldtime": ("get_current_time", {"timezone": "UTC"}, "UTC"),
 }
-TOOLS = {"notes": "notes_add", "time": "convert_time", "everything": "trigger-long-running-operation"}
+TOOLS = {
+    "notes": "notes_add",
+    "time": "convert_time",
+    "everything": "trigger-long-running-operation",
+    "memory": "create_entities",
+    "hostile": "hog",
+    "oldtime": "convert_time",
+}
 
 
 def text_of(result) -> str:

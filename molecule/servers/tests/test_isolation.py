@@ -25,7 +25,6 @@ from conftest import (
     mcp_session,
     metric_labels,
     metric_sum,
-    session_on,
     token_for,
     unit,
     wait_until,
@@ -45,36 +44,44 @@ def test_everything_is_per_principal():
 
 
 def test_two_principals_see_separate_state_and_each_has_its_own_child(srv, address):
-    port = EVERYTHING["ports"][0]
+    """nginx sends each principal to one instance (principal affinity), so a principal's new session
+    meets its own child again; the other principal has a child of its own wherever it lands."""
+    ports = EVERYTHING["ports"]
     alice, bob = token_for("everything", fresh("alice")), token_for("everything", fresh("bob"))
     name = fresh("state") + ".gz"
     uri = f"demo://resource/session/{name}"
     payload = f"written by alice as {name}".encode()
     data = "data:text/plain;base64," + base64.b64encode(payload).decode()
-    before = metric_sum(instance_metrics(srv, port), "mcpops_bridge_children")
+
+    def count() -> float:
+        return sum(metric_sum(instance_metrics(srv, p), "mcpops_bridge_children") for p in ports)
+
+    before = count()
 
     async def go():
-        async with session_on(address, PATH, alice, port) as s:
+        async with mcp_session(address, PATH, alice) as s:
             made = await s.client.call_tool("gzip-file-as-resource", {"name": name, "data": data})
             assert not made.is_error, made
-        # A new session of the same principal on the same instance: the same child, the same state.
-        async with session_on(address, PATH, alice, port) as s:
+            first = s.port
+        # A new session of the same principal: the same instance, the same child, the same state.
+        async with mcp_session(address, PATH, alice) as s:
+            assert s.port == first, f"alice's sessions landed on {first} and then {s.port}"
             read = await s.client.read_resource(uri)
             assert gzip.decompress(base64.b64decode(read.contents[0].blob)) == payload
-        # Another principal on the same instance: its own child, which never saw the resource.
-        async with session_on(address, PATH, bob, port) as s:
+        # Another principal: its own child, which never saw the resource.
+        async with mcp_session(address, PATH, bob) as s:
             listed = await s.client.list_resources()
             assert uri not in {str(r.uri) for r in listed.resources}, "bob's child lists alice's resource"
             with pytest.raises(MCPError):
                 await s.client.read_resource(uri)
 
     anyio.run(go)
-    text = instance_metrics(srv, port)
-    after = metric_sum(text, "mcpops_bridge_children")
-    assert after - before == 2, f"children of {unit(port)}: {before} before, {after} after two new subjects"
+    after = count()
+    assert after - before == 2, f"children of {ports}: {before} before, {after} after two new subjects"
+    text = instance_metrics(srv, ports[0])
     assert metric_labels(text, "mcpops_bridge_children"), "mcpops_bridge_children has no server label"
-    running = children(srv, main_pid(srv, port))
-    assert len(running) == after, f"the metric says {after} children, the host shows {running}"
+    running = sum(len(children(srv, main_pid(srv, p))) for p in ports)
+    assert running == after, f"the metric says {after} children, the host shows {running}"
 
 
 def test_killing_the_child_mid_call_errors_that_call_and_the_next_call_succeeds(srv, address):
