@@ -851,7 +851,7 @@ def _lock_args(cache: Path, locks: Path, *extra: str) -> list[str]:
 def test_a_lock_file_rebuilds_the_same_artefact_on_an_empty_cache(old_time_constrained, tmp_path):
     locks = tmp_path / "inventory" / "locks"
     first, _ = build(*_lock_args(tmp_path / "cache1", locks))
-    lock_file = locks / "time.py3.11.2-x86_64-manylinux_2_28.lock.json"
+    lock_file = locks / "time.2025.9.25.py3.11.2-x86_64-manylinux_2_28.lock.json"
     assert first["lock_file"] == str(lock_file) and first["lock_written"] and first["changed"]
     stored = json.loads(lock_file.read_text())
     assert stored["inputs"]["constraints"] == [OLD_PYPI_CONSTRAINT]
@@ -923,7 +923,7 @@ def test_npm_overrides_and_a_lock_file_reproduce_the_tree(tmp_path):
     other, _ = build("--cache", str(tmp_path / "cache2"), *args)
     assert (other["release"], other["sha256"]) == (first["release"], first["sha256"])
 
-    lock_file = locks / "mk.node20-x86_64.lock.json"
+    lock_file = locks / "mk.0.5.6.node20-x86_64.lock.json"
     stored = json.loads(lock_file.read_text())
     # A package.json edited in the lock (a script of its own) is refused before npm runs.
     scripted = dict(stored, **{"package.json": dict(stored["package.json"], scripts={"preinstall": "id"})})

@@ -6,8 +6,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import GROUP_VARS, SERVERS, _default, inventory, main_pid, run_site
+
+pytestmark = pytest.mark.timeout(600)  # site runs that stop in preflight or on the controller
 
 PORTS = [p for s in SERVERS.values() for p in s["ports"]]
 

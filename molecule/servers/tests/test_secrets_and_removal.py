@@ -19,6 +19,8 @@ import pytest
 import yaml
 from conftest import GROUP_VARS, SERVERS, lab_secret, main_pid, run_site, unit
 
+pytestmark = pytest.mark.timeout(900)  # each test is a site run (-vvv ones are slower)
+
 SCRATCH = {
     "name": "scratch",
     "kind": "stdio",

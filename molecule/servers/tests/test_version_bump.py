@@ -18,6 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import (
     CA_CERT,
@@ -77,6 +78,7 @@ def bumped_vars(workdir: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)  # two site runs (the mcp_server tag) on a shared 2-core machine
 def test_a_version_bump_under_load_loses_no_call_and_keeps_the_old_release(srv, address):
     before = current(srv)
     assert before.startswith(f"mcp-server-time-{OLD}-"), f"{BASE}/current is {before}"

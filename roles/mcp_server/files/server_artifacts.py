@@ -35,15 +35,15 @@ own code runs here, neither while resolving nor while fetching. Exactly one of:
        node_modules/.bin kept; npm's own node_modules/.package-lock.json left out). The host
        extracts it; no npm there. Run it with `command`.
 
-Lock files (--lock-dir DIR --server NAME): the lock of server NAME for this target is
-DIR/NAME.<target>.lock.json (target: py<X.Y.Z>-<arch>-manylinux_<M_N>, or node<major>-<arch>), meant
+Lock files (--lock-dir DIR --server NAME): the lock of server NAME's package version for this target is
+DIR/NAME.<version>.<target>.lock.json (target: py<X.Y.Z>-<arch>-manylinux_<M_N>, or node<major>-<arch>), meant
 to be kept in the inventory's repository. It records the inputs (spec, constraints, exclude-newer or
 overrides, target), the pins and hashes (PyPI: lock.txt; npm: package.json and package-lock.json),
 the release id and the tarball's sha256. When it exists, nothing is resolved: the artefact is built
 from it (`npm ci` for npm) and must come out with the recorded release and sha256, else the run
 fails naming the file, the expected and the actual digest. When it does not, the inputs are
-resolved and it is written (changed). A lock whose inputs differ from the current ones is refused,
-naming what differs; delete it to resolve again.
+resolved and it is written (changed). A lock whose other inputs (constraints, exclude-newer,
+overrides) differ from the current ones is refused, naming what differs; delete it to resolve again.
 
 Common: the release id is `<name>-<version>-<12 hex of a sha256 over the inputs, the lock and every
 artefact byte>`, so a change of constraints makes a new release; the tarball is
@@ -798,7 +798,11 @@ def lock_file_path(a: argparse.Namespace, kind: str) -> Path:
         target = f"py{a.python_version}-{a.arch}-manylinux_{a.manylinux}"
     else:
         target = f"node{a.node_version or a.node_major}-{a.arch}"
-    return a.lock_dir / f"{a.server}.{target}.lock.json"
+    # The package's version is part of the name: a version change (and the rollback) each has its own
+    # lock, kept side by side; the other inputs (constraints, ...) must match the one of that version.
+    spec = a.pypi if kind == "pypi" else a.npm
+    version = spec.rsplit("==" if kind == "pypi" else "@", 1)[-1].strip()
+    return a.lock_dir / f"{a.server}.{version}.{target}.lock.json"
 
 
 def read_lock(path: Path, kind: str, inputs: dict) -> dict:
