@@ -280,3 +280,32 @@ def test_an_old_server_runs_with_its_dependency_constraint(srv, address):
     release = srv.check_output("readlink -f /opt/mcpops/servers/oldtime/current")
     sdk = srv.run(f"ls -d {release}/venv/lib/python3*/site-packages/mcp-1.*.dist-info")
     assert sdk.rc == 0, f"the release {release} has no mcp 1.x"
+
+
+def test_each_child_has_a_cgroup_of_its_own_with_its_bounds(srv, address):
+    """bridge.child_memory_max (48M for hostile) and bridge.child_tasks_max (128) on the child's own
+    cgroup below its instance's, holding the child's processes (v1 controllers in the lab, v2 elsewhere)."""
+    failed, said = anyio.run(call, address, HOSTILE, fresh("cgroup"), "whoami", {})
+    assert not failed, said
+    pid = main_pid(srv, HOSTILE["ports"][0])
+    lines = dict(line.split(":", 2)[1:] for line in srv.check_output(f"cat /proc/{pid}/cgroup").splitlines())
+    if srv.file("/sys/fs/cgroup/cgroup.controllers").exists:  # cgroup v2: the instance sits in the leaf
+        base = "/sys/fs/cgroup" + lines[""].rsplit("/instance", 1)[0]
+        bounds = {base: {"memory.max": str(48 << 20), "pids.max": "128"}}
+    else:
+        memory = next(path for key, path in lines.items() if "memory" in key.split(","))
+        pids = next(path for key, path in lines.items() if "pids" in key.split(","))
+        bounds = {
+            f"/sys/fs/cgroup/memory{memory}": {"memory.limit_in_bytes": str(48 << 20)},
+            f"/sys/fs/cgroup/pids{pids}": {"pids.max": "128"},
+        }
+    for base, files in bounds.items():
+        kids = srv.check_output(
+            f"find {shlex.quote(base)} -mindepth 1 -maxdepth 1 -type d -name 'child-*'"
+        ).split()
+        assert kids, f"no child cgroup below {base}"
+        for kid in kids:
+            for name, value in files.items():
+                assert srv.file(f"{kid}/{name}").content_string.strip() == value, f"{kid}/{name}"
+        held = [p for kid in kids for p in srv.file(f"{kid}/cgroup.procs").content_string.split()]
+        assert held, f"the child cgroups below {base} hold no process"

@@ -3,10 +3,12 @@ output of site.yml at -vvv, on a failing task (a check-config refusal, for examp
 multi-line value is either refused before any host changes or passed on intact"; "removing a server
 from the inventory stops it and removes its user, secrets and (unless the user asks to keep it) its data").
 
-The site playbook runs three times from the controller: with one more server (`scratch`, the hostile
-server again, with a secret of this test's) at -vvv with --diff; at -vvv with a configuration its
-check-config refuses; and with a secret holding a newline. Then once as the inventory stands, which
-removes `scratch`. On a failure only booleans and the output's tail without any secret are printed.
+The site playbook runs three times from the controller: whole, with one more server (`scratch`, the
+hostile server again, with a secret of this test's) at -vvv with --diff; at -vvv with a configuration
+its check-config refuses; and with a secret holding a newline. Then once as the inventory stands, which
+removes `scratch`. The last three run the mcp_server role only (--tags mcp_server): the role that
+reads the secrets, refuses the bad configuration and removes the server. On a failure only booleans
+and the output's tail without any secret are printed.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def test_a_secret_with_a_newline_is_refused_before_any_change_without_showing_it
     cut = "first-line-" + os.urandom(6).hex()
     scratch = dict(SCRATCH, secrets={"SCRATCH_TOKEN": f"{cut}\nINJECTED=1"})
     env_before = srv.file("/etc/mcpops/servers/scratch/child.env").sha256sum
-    res = run_site("-vvv", "-e", f"@{with_servers([scratch])}", timeout=600)
+    res = run_site("-vvv", "-e", f"@{with_servers([scratch])}", "--tags", "mcp_server", timeout=600)
     out = res.stdout + res.stderr
     flat = " ".join(out.split())
     assert res.returncode != 0
@@ -98,7 +100,9 @@ def test_a_secret_with_a_newline_is_refused_before_any_change_without_showing_it
 
 def test_removing_the_server_from_the_inventory_removes_its_instances_user_secrets_and_data(srv):
     assert srv.user("mcp-scratch").exists
-    res = run_site(timeout=900)
+    res = run_site(
+        "--tags", "mcp_server", timeout=900
+    )  # the role that removes it; the others follow the list
     assert res.returncode == 0, res.stdout[-4000:]
     assert not srv.service(unit(8600)).is_running
     assert not srv.file("/etc/systemd/system/mcpops-server@8600.service.d/10-server.conf").exists
