@@ -98,13 +98,11 @@ def principal_digest(issuer: str | None, key: str) -> str:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start one child: argv (for exec), its environment, working directory and cgroups."""
+    """How to start one child: argv (for exec), its environment and working directory."""
 
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str | None
-    cgroups: tuple[Path, ...] = ()
-    home: str | None = None  # the principal's own directory on the host
 
 
 def _own_cgroups(proc_self_cgroup: str) -> tuple[str | None, dict[str, str]]:
@@ -346,7 +344,7 @@ class Sandbox:
             "--",
             *self.bwrap_argv(home),
         ]
-        return Launch(tuple(argv), child_env, None, tuple(p.parent for p in procs), str(home)), name
+        return Launch(tuple(argv), child_env, None), name
 
     def bwrap_argv(self, home: Path) -> list[str]:
         assert self.state_dir is not None and self.bwrap is not None
